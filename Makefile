@@ -1,0 +1,47 @@
+# citadel-llm — entry points. `make lab` and `make test` work on a bare machine
+# of this kind: `setup` installs what they need first.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV := $(CURDIR)/.venv
+export PATH := $(VENV)/bin:$(PATH)
+export CONTAINERS_CONF := $(CURDIR)/lab/containers.conf
+# The lab image tag is the hash of its recipe (lab/build-image.sh computes the same).
+export CITADEL_LAB_IMAGE := localhost/citadel-lab-debian12:$(shell sha256sum lab/build-image.sh | cut -c1-12)
+export ANSIBLE_FORCE_COLOR := 0
+export PY_COLORS := 0
+export NO_COLOR := 1
+
+.PHONY: help setup lab lab-down test test-fast lint unit molecule
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+setup: ## Install podman, the lab image, the apt proxy and the pinned tooling (.venv)
+	@scripts/bootstrap.sh
+	@lab/build-image.sh >/dev/null
+	@lab/proxy.sh
+
+lab: setup ## Bring up the lab hosts and run site.yml against them (kept up)
+	molecule converge -s default
+	@echo
+	@echo "lab hosts (published on 127.0.0.1 only):"
+	@podman ps --filter name=citadel- --format '  {{.Names}}  {{.Ports}}'
+
+lab-down: ## Remove the lab hosts
+	molecule destroy -s default
+
+lint: ## yamllint, ansible-lint (production profile), ruff
+	yamllint --strict .
+	ansible-lint
+	ruff check .
+
+unit: ## Repository tests that need no lab host (inventories, syntax, preflight)
+	pytest tests
+
+molecule: ## Every Molecule scenario: create, converge, idempotence, verify, destroy
+	molecule test --all
+
+test-fast: setup lint unit ## The quick inner loop: everything but Molecule
+
+test: setup lint unit molecule ## Everything CI checks
