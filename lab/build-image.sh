@@ -7,7 +7,8 @@ here=$(cd "$(dirname "$0")" && pwd)
 export CONTAINERS_CONF="${CONTAINERS_CONF:-$here/containers.conf}"
 
 suite=bookworm
-packages=systemd,systemd-sysv,dbus,python3,sudo,iproute2,ca-certificates
+# python3-apt: Ubuntu server ships it, and the apt module needs it under --check.
+packages=systemd,systemd-sysv,dbus,python3,python3-apt,sudo,iproute2,ca-certificates
 tag=$(cat "$0" | sha256sum | cut -c1-12)
 image="localhost/citadel-lab-debian12:$tag"
 
@@ -20,11 +21,15 @@ work=$(mktemp -d /var/tmp/citadel-rootfs.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 echo "building $image (debootstrap $suite, about a minute)" >&2
 debootstrap --variant=minbase --include="$packages" "$suite" "$work/rootfs" >&2
+# Package lists stay in the image, as on any installed host: `--check` runs
+# of the apt module need them (check mode cannot refresh the cache).
 chroot "$work/rootfs" apt-get clean
-rm -rf "$work/rootfs"/var/lib/apt/lists/*
 # An empty machine-id makes systemd generate one per container at boot.
 : > "$work/rootfs/etc/machine-id"
 tar -C "$work/rootfs" -cf "$work/rootfs.tar" .
 podman import --change 'CMD ["/sbin/init"]' --change 'STOPSIGNAL=SIGRTMIN+3' \
   "$work/rootfs.tar" "$image" >&2
+# Drop images of older recipes (kept if a container still uses one).
+podman images --format '{{.Repository}}:{{.Tag}}' | grep '^localhost/citadel-lab-debian12:' \
+  | grep -v ":$tag\$" | xargs -r podman rmi >/dev/null 2>&1 || true
 echo "$image"

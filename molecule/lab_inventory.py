@@ -1,0 +1,39 @@
+"""Hosts of a Molecule scenario's inventory, for testinfra's podman backend.
+
+The scenario's inventory (CITADEL_INVENTORY, set per scenario in molecule.yml)
+is the only list of lab hosts; tests ask it instead of repeating host names.
+"""
+
+import functools
+import json
+import os
+import subprocess
+
+
+@functools.cache
+def _inventory() -> dict:
+    path = os.environ["CITADEL_INVENTORY"]
+    out = subprocess.run(
+        ["ansible-inventory", "-i", path, "--list"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return json.loads(out)
+
+
+def names(group: str = "all") -> list[str]:
+    """Inventory names (= container names) of every host in `group`."""
+    inv = _inventory()
+    found: list[str] = []
+    pending = [group]
+    while pending:
+        entry = inv.get(pending.pop(), {})
+        found.extend(h for h in entry.get("hosts", []) if h not in found)
+        pending.extend(entry.get("children", []))
+    return sorted(found)
+
+
+def hosts(group: str = "all") -> list[str]:
+    """testinfra host specs (podman://NAME) for every host in `group`."""
+    return [f"podman://{name}" for name in names(group)]
