@@ -6,6 +6,8 @@ SHELL := /bin/bash
 VENV := $(CURDIR)/.venv
 export PATH := $(VENV)/bin:$(PATH)
 export CONTAINERS_CONF := $(CURDIR)/lab/containers.conf
+# Controller-side lab artifacts: wheelhouse, converted models, proxy state.
+export CITADEL_CACHE := $(CURDIR)/.cache
 # The lab image tag is the hash of its recipe (lab/build-image.sh computes the same).
 export CITADEL_LAB_IMAGE := localhost/citadel-lab-debian12:$(shell sha256sum lab/build-image.sh | cut -c1-12)
 export ANSIBLE_FORCE_COLOR := 0
@@ -17,10 +19,12 @@ export NO_COLOR := 1
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-setup: ## Install podman, the lab image, the apt proxy and the pinned tooling (.venv)
+setup: ## Install podman, the lab image, the apt proxy, the pinned tooling (.venv), the lab's wheelhouse and models
 	@scripts/bootstrap.sh
 	@lab/build-image.sh >/dev/null
 	@lab/proxy.sh
+	@lab/build-wheelhouse.sh >/dev/null
+	@lab/prepare-models.sh >/dev/null
 
 lab: setup ## Bring up the lab hosts and run site.yml against them (kept up)
 	molecule converge -s default

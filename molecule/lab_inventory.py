@@ -37,3 +37,19 @@ def names(group: str = "all") -> list[str]:
 def hosts(group: str = "all") -> list[str]:
     """testinfra host specs (podman://NAME) for every host in `group`."""
     return [f"podman://{name}" for name in names(group)]
+
+
+def hostvars(name: str) -> dict:
+    """Inventory variables of one host (templates are not rendered)."""
+    return _inventory()["_meta"]["hostvars"].get(name, {})
+
+
+def models_on(name: str) -> list[dict]:
+    """Catalog entries that host `name` serves (its groups hold the model's group)."""
+    catalog = hostvars(name).get("citadel_models", [])
+    return [m for m in catalog if name in names(m["group"])]
+
+
+def served_models() -> list[tuple[str, dict]]:
+    """(host, model) for every model replica in the lab."""
+    return [(host, model) for host in names("llm_servers") for model in models_on(host)]

@@ -60,7 +60,9 @@ def test_default_inventory_is_the_lab(ansible):
 
 def test_production_topology(ansible):
     groups = json.loads(ansible("ansible-inventory", "-i", "inventory/production", "--list").stdout)
-    assert groups["llm_servers"]["hosts"] == ["hx-llm-server-01", "hx-llm-server-02"]
+    assert groups["llm_servers"]["children"] == ["llm_heavy", "llm_light"]
+    assert groups["llm_heavy"]["hosts"] == ["hx-llm-server-01"]
+    assert groups["llm_light"]["hosts"] == ["hx-llm-server-02"]
     addresses = {h: v["ansible_host"] for h, v in groups["_meta"]["hostvars"].items()}
     assert addresses == {
         "hx-llm-server-01": "192.168.10.29",

@@ -10,11 +10,37 @@ def test_site_syntax_against_production(ansible):
     assert out.returncode == 0, out.stdout + out.stderr
 
 
-def _preflight(ansible, *extra: str):
-    return ansible("ansible-playbook", "-i", "tests/inventory/preflight.yml", "playbooks/preflight.yml", *extra)
+REVISION = "0123456789abcdef0123456789abcdef01234567"
 
 
-def test_preflight_passes_with_defaults(ansible):
+def _model(name: str, port: int, **fields) -> dict:
+    return {
+        "name": name,
+        "source": {"hf_repo": f"example/{name}", "revision": REVISION},
+        "group": "llm_servers",
+        "port": port,
+        "capabilities": ["chat"],
+        "tier": "lightweight",
+        **fields,
+    }
+
+
+VALID_CATALOG = [_model("chat-a", 11400), _model("chat-b", 11401)]
+
+
+def _preflight(ansible, *extra: str, catalog: list[dict] = VALID_CATALOG):
+    return ansible(
+        "ansible-playbook",
+        "-i",
+        "tests/inventory/preflight.yml",
+        "playbooks/preflight.yml",
+        "-e",
+        json.dumps({"citadel_models": catalog}),
+        *extra,
+    )
+
+
+def test_preflight_passes_with_a_valid_catalog(ansible):
     out = _preflight(ansible)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "changed=0" in out.stdout
@@ -47,5 +73,42 @@ def test_preflight_rejects_bad_input(ansible, extra, expected):
     assert out.returncode != 0
     assert "changed=0" in out.stdout
     assert "failed=1" in out.stdout
+    for fragment in expected:
+        assert fragment in text, f"{fragment!r} not in preflight output:\n{out.stdout[-2000:]}"
+
+
+@pytest.mark.parametrize(
+    ("catalog", "expected"),
+    [
+        (
+            [_model("chat-a", 11400), _model("chat-b", 11400)],
+            ["models chat-a and chat-b both use port 11400 on preflight-probe"],
+        ),
+        (
+            [_model("chat-a", 11400, capabilities=["chat", "telepathy"])],
+            ["model chat-a", "telepathy", "chat, completion, embedding, code, reasoning"],
+        ),
+        (
+            [{k: v for k, v in _model("chat-a", 11400).items() if k != "source"}],
+            ["citadel_models entry chat-a lacks a field", "source"],
+        ),
+        (
+            [_model("chat-a", 11400, source={"hf_repo": "example/chat-a", "revision": "main"})],
+            ["model chat-a", "40-character commit hash"],
+        ),
+        (
+            [_model("chat-a", 11400), _model("chat-b", 11401, aliases=["chat-a"])],
+            ["names or aliases more than once: chat-a"],
+        ),
+        (
+            [_model("chat-a", 11400, source={"path": "/nonexistent/chat-a"})],
+            ["/nonexistent/chat-a/SHA256SUMS does not exist on the controller"],
+        ),
+    ],
+)
+def test_preflight_rejects_bad_catalogs(ansible, catalog, expected):
+    out = _preflight(ansible, catalog=catalog)
+    text = " ".join((out.stdout + out.stderr).split())
+    assert out.returncode != 0
     for fragment in expected:
         assert fragment in text, f"{fragment!r} not in preflight output:\n{out.stdout[-2000:]}"

