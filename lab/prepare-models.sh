@@ -160,8 +160,8 @@ model.save_pretrained(out)
 tok.save_pretrained(out)
 
 # Tied embeddings: lm_head is embed_tokens. Keep one copy, as the original
-# checkpoint does: a separate lm_head.weight is 57 MB more and not what vLLM's
-# loader expects for a tied model.
+# checkpoint does (transformers 5.19 already leaves lm_head.weight out; this
+# guards against a version that writes the tied copy, 57 MB more).
 weights = f"{out}/model.safetensors"
 with safe_open(weights, "pt") as f:
     keys = set(f.keys())

@@ -11,6 +11,11 @@ mkdir -p "$state"
 if [ -f "$state/pid" ] && kill -0 "$(cat "$state/pid")" 2>/dev/null; then
   exit 0
 fi
+# Another checkout's lab proxy may already serve the port: share it.
+if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+  echo "lab proxy: port $port already served (another checkout's proxy?), using it"
+  exit 0
+fi
 
 cat > "$state/tinyproxy.conf" <<CONF
 Port $port
