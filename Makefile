@@ -39,6 +39,7 @@ lint: ## yamllint, ansible-lint (production profile), ruff
 	yamllint --strict .
 	ansible-lint
 	ruff check .
+	ruff format --check .
 
 unit: ## Repository tests that need no lab host (inventories, syntax, preflight)
 	pytest tests

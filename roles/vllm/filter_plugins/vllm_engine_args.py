@@ -5,7 +5,7 @@ import json
 
 def _systemd_quote(value: str) -> str:
     # systemd splits ExecStart on whitespace and honours double quotes.
-    if value and not any(c in value for c in ' \t"\\\'$%'):
+    if value and not any(c in value for c in " \t\"\\'$%"):
         return value
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("$", "$$").replace("%", "%%") + '"'
 
