@@ -27,6 +27,10 @@ setup: ## Install podman, the lab image, the apt proxy, the pinned tooling (.ven
 	@lab/prepare-models.sh >/dev/null
 
 lab: setup ## Bring up the lab hosts and run site.yml against them (kept up)
+	@# Molecule remembers "created" even if the containers went away (a `make test`
+	@# elsewhere, a reboot): then forget that state so create runs again.
+	@for h in $$(ansible-inventory -i inventory/lab --list | python3 -c 'import json,sys; print(" ".join(json.load(sys.stdin)["_meta"]["hostvars"]))'); do \
+	  podman container exists $$h || { molecule reset -s default >/dev/null 2>&1; break; }; done
 	molecule converge -s default
 	@echo
 	@echo "lab hosts (published on 127.0.0.1 only):"
