@@ -6,7 +6,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-apt_packages=(podman runc netavark aardvark-dns iptables debootstrap tinyproxy-bin)
+# Also: redis-server (the gateway's shared rate limits are tested against a real
+# Redis), wrk (the gateway benchmark's load generator), prometheus (promtool
+# checks and unit-tests the alert rules). Their daemons are never started here.
+apt_packages=(podman runc netavark aardvark-dns iptables debootstrap tinyproxy-bin
+  redis-server wrk prometheus)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -14,7 +18,13 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "apt: installing ${missing[*]}"
   apt-get update -qq
+  # policy-rc.d 101: packages install but their services do not start on the
+  # controller (a Prometheus on :9090 would take the lab's published port).
+  policy=/usr/sbin/policy-rc.d
+  had_policy=0; [ -e "$policy" ] && had_policy=1
+  [ "$had_policy" = 1 ] || { printf '#!/bin/sh\nexit 101\n' > "$policy"; chmod 755 "$policy"; }
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  [ "$had_policy" = 1 ] || rm -f "$policy"
 fi
 
 # ansible-core 2.21 needs a Python 3.12 controller. pyenv's shims would pick
