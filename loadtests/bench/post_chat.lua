@@ -1,0 +1,27 @@
+-- wrk script for bench_gateway.py: POST a small chat completion, and print the
+-- summary as one JSON line (prefixed BENCH_JSON) so the harness need not parse wrk's text.
+-- Env: BENCH_MODEL (model name), BENCH_KEY (API key, sent as a Bearer token).
+local model = os.getenv("BENCH_MODEL") or "bench-model"
+local key = os.getenv("BENCH_KEY")
+
+wrk.method = "POST"
+wrk.path = "/v1/chat/completions"
+wrk.headers["Content-Type"] = "application/json"
+if key and key ~= "" then
+  wrk.headers["Authorization"] = "Bearer " .. key
+end
+wrk.body = '{"model":"' .. model .. '","messages":[{"role":"system","content":"You are a helpful assistant."},'
+  .. '{"role":"user","content":"What is the capital of France? Answer in one sentence."}],'
+  .. '"max_tokens":64,"temperature":0}'
+
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'BENCH_JSON {"requests":%d,"duration_us":%d,"bytes":%d,'
+    .. '"errors":{"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d},'
+    .. '"latency_us":{"min":%d,"mean":%.1f,"max":%d,"stdev":%.1f,"p50":%d,"p90":%d,"p99":%d,"p999":%d}}\n',
+    summary.requests, summary.duration, summary.bytes,
+    e.connect, e.read, e.write, e.status, e.timeout,
+    latency.min, latency.mean, latency.max, latency.stdev,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency:percentile(99.9)))
+end
