@@ -112,3 +112,49 @@ def test_preflight_rejects_bad_catalogs(ansible, catalog, expected):
     assert out.returncode != 0
     for fragment in expected:
         assert fragment in text, f"{fragment!r} not in preflight output:\n{out.stdout[-2000:]}"
+
+
+TEST_KEY = {"name": "test", "key": "preflight-test-key-0123456789", "models": ["*"]}
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (
+            {"llm_gateway_api_keys": []},
+            ["llm_gateway_auth_required=True with 0 API keys", "llm_gateway_auth_required: false"],
+        ),
+        (
+            {"llm_gateway_api_keys": [{"name": "ops", "key": "short"}]},
+            ["llm_gateway_api_keys entry ops", "at least 16 characters"],
+        ),
+        (
+            {"llm_gateway_api_keys": [TEST_KEY, TEST_KEY]},
+            ["llm_gateway_api_keys entry test needs a unique `name`", "Names in use: test, test"],
+        ),
+        (
+            {"llm_gateway_api_keys": [{**TEST_KEY, "models": ["chat-a", "chat-z"]}]},
+            ["API key test allows unknown models chat-z"],
+        ),
+        (
+            {"llm_gateway_rate_limit_backend": "redis"},
+            ["llm_gateway_rate_limit_backend=redis", "redis://"],
+        ),
+    ],
+)
+def test_gateway_preflight_rejects_bad_settings(ansible, extra, expected):
+    out = _preflight(ansible, "-e", json.dumps(extra))
+    text = " ".join((out.stdout + out.stderr).split())
+    assert out.returncode != 0
+    for fragment in expected:
+        assert fragment in text, f"{fragment!r} not in preflight output:\n{out.stdout[-2000:]}"
+    # The key itself never reaches the output.
+    assert "preflight-test-key-0123456789" not in out.stdout + out.stderr
+
+
+def test_gateway_preflight_rejects_unknown_fallbacks(ansible):
+    catalog = [_model("chat-a", 11400, gateway={"fallbacks": ["chat-z"]}), _model("chat-b", 11401)]
+    out = _preflight(ansible, catalog=catalog)
+    text = " ".join((out.stdout + out.stderr).split())
+    assert out.returncode != 0
+    assert "model chat-a: gateway.fallbacks ['chat-z'] must name other models" in text

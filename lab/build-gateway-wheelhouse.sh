@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Build the offline wheelhouse for the lab gateway host (Debian 12: Python
+# 3.11, x86_64): every pinned runtime dependency of files/gateway
+# (requirements.lock) plus its build backend, so the llm_gateway role can
+# `pip install --no-index` the package from source on a host without internet.
+# Rebuilt only when the lock file or the build requirements change.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+gateway=$here/../files/gateway
+cache=${CITADEL_CACHE:-$here/../.cache}
+mkdir -p "$cache"
+cache=$(cd "$cache" && pwd)
+out="$cache/wheelhouse-gateway"
+stamp="$out/.complete"
+python=${CITADEL_PYTHON311:-$(pyenv root)/versions/3.11.7/bin/python3.11}
+
+# The build backend named by pyproject.toml ([build-system] requires).
+mapfile -t build_requires < <("$python" -c '
+import sys, tomllib
+print("\n".join(tomllib.load(open(sys.argv[1], "rb"))["build-system"]["requires"]))' "$gateway/pyproject.toml")
+
+platforms=()
+for v in 17 24 26 27 28 31 34 35 36; do
+  platforms+=(--platform "manylinux_2_${v}_x86_64")
+done
+platforms+=(--platform manylinux2014_x86_64 --platform any)
+args=(--only-binary=:all: --python-version 3.11 "${platforms[@]}")
+recipe="$(sha256sum "$gateway/requirements.lock" | cut -c1-16) ${build_requires[*]} ${args[*]}"
+
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$recipe" ]; then
+  echo "$out"
+  exit 0
+fi
+work="$out.partial"
+rm -rf "$out" "$work"
+mkdir -p "$work"
+start=$SECONDS
+"$python" -m pip download --disable-pip-version-check --progress-bar off "${args[@]}" -d "$work" \
+  -r "$gateway/requirements.lock" "${build_requires[@]}" >&2
+mv "$work" "$out"
+echo "$recipe" > "$stamp"
+echo "gateway wheelhouse complete: $(ls "$out"/*.whl | wc -l) wheels, $(du -sh "$out" | cut -f1), $((SECONDS - start)) s" >&2
+echo "$out"
