@@ -182,7 +182,9 @@ def wait_ready(svc: Service, base: str, key: str | None, timeout: float) -> None
 
 
 def find_gateway(explicit: str | None) -> str | None:
-    for cand in (explicit, CACHE / "gateway-venv/bin/citadel-gateway", shutil.which("citadel-gateway")):
+    # The gateway's own dev venv (its pinned lock) first; then one installed next to this Python.
+    local = Path(sys.executable).parent / "citadel-gateway"
+    for cand in (explicit, CACHE / "gateway-venv/bin/citadel-gateway", local, shutil.which("citadel-gateway")):
         if cand and Path(cand).is_file() and os.access(cand, os.X_OK):
             return str(cand)
     return None
@@ -282,9 +284,27 @@ def wrk(args, base: str, key: str, conc: int, duration: int) -> dict:
     raise RuntimeError(f"wrk printed no summary (rc={out.returncode}): {out.stdout[-500:]} {out.stderr[-500:]}")
 
 
+def settle(pids: list[int], limit_s: float = 20.0) -> float:
+    """Wait until the servers are idle (< 10 % of a core over 200 ms).
+
+    wrk stops at its deadline but a slow proxy keeps working off the requests it had
+    accepted (LiteLLM at c=64: about a second); that work must not land in the next run.
+    """
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < limit_s:
+        c0 = sum(cpu_seconds(p) for p in pids)
+        time.sleep(0.2)
+        if sum(cpu_seconds(p) for p in pids) - c0 < 0.02:
+            break
+    return time.monotonic() - t0
+
+
 def measure(args, name: str, base: str, key: str, conc: int, svc: Service | None, stub: Service) -> dict:
+    pids = [stub.pid] + ([svc.pid] if svc else [])
+    settle(pids)
     if args.warmup > 0:
         wrk(args, base, key, conc, args.warmup)
+        settle(pids)
     c0 = cpu_seconds(svc.pid) if svc else 0.0
     s0 = cpu_seconds(stub.pid)
     r = wrk(args, base, key, conc, args.duration)
@@ -391,7 +411,9 @@ def profile_gateway(args, gw: Service, base: str, key: str, logdir: Path) -> dic
         print("  profile: py-spy not installed, skipped")
         return None
     out = logdir / "gateway.pyspy.txt"
-    cmd = [pyspy, "record", "--format", "raw", "--nonblocking", "-r", "250", "-p", str(gw.pid), "-o", str(out)]
+    # --function: one row per function, not per line; --nonblocking: do not pause the gateway.
+    cmd = [pyspy, "record", "--format", "raw", "--function", "--nonblocking", "-r", "500", "-p", str(gw.pid)]
+    cmd += ["-o", str(out)]
     cmd += ["-d", str(int(args.duration) + 1)]
     if args.load_cpus:
         cmd = ["taskset", "-c", args.load_cpus, *cmd]
@@ -542,7 +564,8 @@ def main() -> int:
                         flush=True,
                     )
             for conc, total in ((1, 6), (16, 48)):
-                for name, base, _svc in order:
+                for name, base, svc in order:
+                    settle([stub.pid] + ([svc.pid] if svc else []))
                     s = run_async(streams(base, key, conc, total))
                     s.update(target=name, conc=conc, round=rnd)
                     stream_runs.append(s)
