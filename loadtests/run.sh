@@ -18,7 +18,7 @@ fi
 inventory=${INVENTORY:-$repo/inventory/lab}
 
 if [[ -z ${CITADEL_API_KEY:-} ]]; then
-  key_file=${CITADEL_API_KEY_FILE:-$repo/.cache/lab-gateway-api-key}
+  key_file=${CITADEL_API_KEY_FILE:-${CITADEL_CACHE:-$repo/.cache}/lab-gateway-api-key}
   if [[ ! -r $key_file ]]; then
     echo "no API key: set CITADEL_API_KEY, or create $key_file (make lab does)" >&2
     exit 2
