@@ -1,0 +1,150 @@
+"""Model table (names + aliases), replica sets and replica choice (no web framework imports).
+
+Replica choice: least outstanding requests among available replicas, random tie-break
+(cheap; with 2-3 replicas it equals power-of-two choice).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from urllib.parse import urlsplit
+
+from . import config as C
+from .health import CLOSED, CircuitBreaker
+
+log = logging.getLogger("citadel_gateway.routing")
+
+
+class Replica:
+    __slots__ = ("url", "host", "port", "label", "outstanding", "healthy", "reason", "breaker", "model", "hooks")
+
+    def __init__(self, url: str, model: str, breaker: CircuitBreaker) -> None:
+        u = urlsplit(url)
+        self.url = url
+        self.host = u.hostname
+        self.port = u.port or 80
+        self.label = f"{self.host}:{self.port}"  # the metric label `replica`
+        self.model = model
+        self.outstanding = 0
+        self.healthy = True  # optimistic until the first active check says otherwise
+        self.reason: str | None = None
+        self.breaker = breaker
+        self.hooks: list = []  # called with (replica) on a health/circuit change (metrics)
+
+    def available(self) -> bool:
+        return self.healthy and self.breaker.available()
+
+    def set_health(self, ok: bool, reason: str | None = None) -> None:
+        changed = ok != self.healthy
+        self.healthy = ok
+        self.reason = reason
+        if ok and self.breaker.state != CLOSED:
+            self.breaker.success()  # an active check that passed closes the breaker too
+        if changed:
+            log.warning(
+                "replica %s of %s is %s%s",
+                self.label,
+                self.model,
+                "healthy" if ok else "unhealthy",
+                f": {reason}" if reason else "",
+            )
+        for h in self.hooks:
+            h(self)
+
+
+class Model:
+    __slots__ = (
+        "cfg",
+        "name",
+        "aliases",
+        "capabilities",
+        "tier",
+        "replicas",
+        "fallbacks",
+        "timeout_s",
+        "ewma_ms",
+        "tps",
+    )
+
+    def __init__(self, cfg: C.Model, replicas: list[Replica], default_timeout: float) -> None:
+        self.cfg = cfg
+        self.name = cfg.name
+        self.aliases = cfg.aliases
+        self.capabilities = cfg.capabilities
+        self.tier = cfg.tier
+        self.replicas = replicas
+        self.fallbacks = cfg.fallbacks
+        self.timeout_s = cfg.timeout_s or default_timeout
+        self.ewma_ms: float | None = None  # observed latency of successful non-streamed requests
+        self.tps: float | None = None  # observed completion tokens per second
+
+    def healthy_count(self) -> int:
+        return sum(1 for r in self.replicas if r.available())
+
+    def observe(self, seconds: float, completion_tokens: int | None = None) -> None:
+        ms = seconds * 1000.0
+        self.ewma_ms = ms if self.ewma_ms is None else self.ewma_ms * 0.8 + ms * 0.2
+        if completion_tokens and seconds > 0:
+            tps = completion_tokens / seconds
+            self.tps = tps if self.tps is None else self.tps * 0.8 + tps * 0.2
+
+    def pick_preview(self, exclude: tuple | list = ()) -> Replica | None:
+        """Is there an available replica outside ``exclude``? (reserves nothing)"""
+        for r in self.replicas:
+            if r not in exclude and r.available():
+                return r
+        return None
+
+    def pick(self, exclude: tuple | list = ()) -> Replica | None:
+        """Least-outstanding available replica not in ``exclude``; reserves a half-open probe."""
+        best: Replica | None = None
+        ties = 0
+        for r in self.replicas:
+            if r in exclude or not r.healthy or not r.breaker.available():
+                continue
+            if best is None or r.outstanding < best.outstanding:
+                best, ties = r, 1
+            elif r.outstanding == best.outstanding:
+                ties += 1
+                if random.random() * ties < 1.0:
+                    best = r
+        if best is not None and not best.breaker.acquire():
+            # lost the half-open probe race: try the others
+            return self.pick((*exclude, best))
+        return best
+
+
+class Router:
+    def __init__(self, cfg: C.Config, previous: Router | None = None) -> None:
+        self.cfg = cfg
+        old: dict[tuple[str, str], Replica] = {}
+        if previous is not None:
+            for m in previous.models:
+                for r in m.replicas:
+                    old[(m.name, r.url)] = r
+        self.models: list[Model] = []
+        self.table: dict[str, Model] = {}
+        for mc in cfg.models:
+            reps = []
+            for url in mc.replicas:
+                r = old.get((mc.name, url))
+                if r is None:
+                    r = Replica(url, mc.name, CircuitBreaker(cfg.circuit.failures, cfg.circuit.cooldown_s))
+                else:  # keep live health/outstanding across a reload; take the new breaker settings
+                    r.breaker.failures = cfg.circuit.failures
+                    r.breaker.cooldown = cfg.circuit.cooldown_s
+                reps.append(r)
+            m = Model(mc, reps, cfg.upstream.total_timeout_s)
+            if previous is not None and (pm := previous.table.get(mc.name)) is not None:
+                m.ewma_ms, m.tps = pm.ewma_ms, pm.tps
+            self.models.append(m)
+            for n in (mc.name, *mc.aliases):
+                self.table[n] = m
+
+    def get(self, name: str) -> Model | None:
+        return self.table.get(name)
+
+    def missing(self) -> list[str]:
+        """Models with no healthy replica (what /ready reports)."""
+        return [m.name for m in self.models if not any(r.available() for r in m.replicas)]

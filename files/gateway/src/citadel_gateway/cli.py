@@ -1,0 +1,111 @@
+"""``citadel-gateway`` console script."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import sys
+
+from . import __version__
+from . import config as C
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="citadel-gateway", description="OpenAI-compatible gateway for citadel-llm")
+    p.add_argument("--config", metavar="FILE", help="full YAML config (see README); SIGHUP reloads it")
+    p.add_argument("--check-config", metavar="FILE", help="validate FILE and exit 0 (valid) or 1 (invalid)")
+    p.add_argument(
+        "--backend",
+        action="append",
+        default=[],
+        metavar="MODEL=URL",
+        help="a replica of MODEL (repeat; a model given twice has two replicas)",
+    )
+    p.add_argument(
+        "--api-key", action="append", default=[], metavar="KEY", help="accepted API key (repeat); none: auth is off"
+    )
+    p.add_argument("--host", help="bind address (default: server.host, 0.0.0.0)")
+    p.add_argument("--port", type=int, help="port (default: server.port, 8000)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--version", action="version", version=__version__)
+    return p
+
+
+def build_config(args) -> C.Config:
+    digests = [(f"cli-{i + 1}", hashlib.sha256(k.encode()).hexdigest()) for i, k in enumerate(args.api_key)]
+    base = C.load(args.config) if args.config else None
+    if args.backend:
+        cfg = C.from_backends(args.backend, digests, base)
+    elif base is not None:
+        cfg = base
+        if digests:
+            from dataclasses import replace
+
+            cfg = replace(cfg, auth=C.Auth(required=True, keys=tuple(C.ApiKey(n, d) for n, d in digests)))
+    else:
+        raise C.ConfigError("give --config FILE or at least one --backend MODEL=URL")
+    from dataclasses import replace
+
+    server = cfg.server
+    if args.host:
+        server = replace(server, host=args.host)
+    if args.port is not None:
+        server = replace(server, port=args.port)
+    return replace(cfg, server=server)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.check_config:
+        try:
+            cfg = C.load(args.check_config)
+        except C.ConfigError as e:
+            print(f"invalid: {e}", file=sys.stderr)
+            return 1
+        print(f"ok: {len(cfg.models)} models, {len(cfg.auth.keys)} keys")
+        return 0
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    try:
+        cfg = build_config(args)
+    except C.ConfigError as e:
+        print(f"citadel-gateway: config error: {e}", file=sys.stderr)
+        return 2
+    import uvicorn
+
+    from .app import build_app
+    from .server import GatewayHttpProtocol
+
+    app = build_app(cfg, args.config if not args.backend else None)
+    log = logging.getLogger("citadel_gateway")
+    log.info(
+        "serving %d models on %s:%d (%s)",
+        len(cfg.models),
+        cfg.server.host,
+        cfg.server.port,
+        ", ".join(f"{m.name}x{len(m.replicas)}" for m in cfg.models),
+    )
+    if not cfg.auth.required:
+        log.warning("AUTH IS OFF: no --api-key / auth.keys given; anyone reaching this port can use every model")
+    ucfg = uvicorn.Config(
+        app,
+        host=cfg.server.host,
+        port=cfg.server.port,
+        loop="uvloop",
+        http=GatewayHttpProtocol,
+        lifespan="on",
+        access_log=False,  # ours is the one-line JSON access log
+        proxy_headers=False,
+        server_header=False,
+        log_level=args.log_level,
+        timeout_graceful_shutdown=cfg.server.drain_seconds,
+        backlog=4096,
+    )
+    uvicorn.Server(ucfg).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,395 @@
+"""Load and validate the gateway's YAML config (no web framework imports).
+
+The schema is the one the llm_gateway role renders; see README.md. Every error names
+the offending key path, e.g. ``models[1].replicas[0]: expected a URL http://host:port``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+CAPABILITIES = ("chat", "completion", "embedding", "code", "reasoning")
+TIERS = ("heavyweight", "lightweight", "embedding")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class ConfigError(ValueError):
+    """A config problem; the message names the key."""
+
+
+@dataclass(frozen=True)
+class Server:
+    host: str = "0.0.0.0"
+    port: int = 8000
+    max_body_bytes: int = 4 * 1024 * 1024
+    access_log: bool = True
+    drain_seconds: float = 30
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    name: str
+    sha256: str
+    models: tuple[str, ...] = ("*",)
+    rpm: int = 1000
+    burst: int = 100
+
+
+@dataclass(frozen=True)
+class Auth:
+    required: bool = False
+    keys: tuple[ApiKey, ...] = ()
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    backend: str = "memory"
+    redis_url: str | None = None
+
+
+@dataclass(frozen=True)
+class Health:
+    interval_s: float = 30
+    timeout_s: float = 5
+
+
+@dataclass(frozen=True)
+class Circuit:
+    failures: int = 5
+    cooldown_s: float = 60
+
+
+@dataclass(frozen=True)
+class Retry:
+    attempts: int = 3
+    backoff_base_s: float = 0.05
+    backoff_max_s: float = 1.0
+
+
+@dataclass(frozen=True)
+class Upstream:
+    connect_timeout_s: float = 10
+    total_timeout_s: float = 30
+
+
+@dataclass(frozen=True)
+class Queue:
+    max_inflight: int = 64
+    max_waiting: int = 256
+    wait_timeout_s: float = 10
+
+
+@dataclass(frozen=True)
+class Latency:
+    avg: float = 1000
+    p95: float = 2000
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str
+    replicas: tuple[str, ...]
+    aliases: tuple[str, ...] = ()
+    capabilities: tuple[str, ...] = ("chat", "completion")
+    tier: str = "lightweight"
+    latency_ms: Latency = field(default_factory=Latency)
+    timeout_s: float | None = None
+    max_inflight: int | None = None
+    max_waiting: int | None = None
+    fallbacks: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Config:
+    server: Server = field(default_factory=Server)
+    auth: Auth = field(default_factory=Auth)
+    rate_limit: RateLimit = field(default_factory=RateLimit)
+    health: Health = field(default_factory=Health)
+    circuit: Circuit = field(default_factory=Circuit)
+    retry: Retry = field(default_factory=Retry)
+    upstream: Upstream = field(default_factory=Upstream)
+    queue: Queue = field(default_factory=Queue)
+    models: tuple[Model, ...] = ()
+
+
+# --- tiny typed validator -------------------------------------------------------------
+
+
+def _num(path: str, v: Any, *, integer: bool = False, minimum: float | None = 0, exclusive: bool = False) -> Any:
+    ok = isinstance(v, int) if integer else isinstance(v, int | float)
+    if isinstance(v, bool) or not ok:
+        raise ConfigError(f"{path}: expected {'an integer' if integer else 'a number'}, got {v!r}")
+    if minimum is not None and (v <= minimum if exclusive else v < minimum):
+        raise ConfigError(f"{path}: must be {'>' if exclusive else '>='} {minimum}, got {v!r}")
+    return v
+
+
+def _str(path: str, v: Any) -> str:
+    if not isinstance(v, str) or not v:
+        raise ConfigError(f"{path}: expected a non-empty string, got {v!r}")
+    return v
+
+
+def _bool(path: str, v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise ConfigError(f"{path}: expected true or false, got {v!r}")
+    return v
+
+
+def _list(path: str, v: Any) -> list:
+    if not isinstance(v, list):
+        raise ConfigError(f"{path}: expected a list, got {type(v).__name__}")
+    return v
+
+
+def _map(path: str, v: Any, allowed: tuple[str, ...]) -> dict:
+    if v is None:
+        return {}
+    if not isinstance(v, dict):
+        raise ConfigError(f"{path or 'config'}: expected a mapping, got {type(v).__name__}")
+    for k in v:
+        if k not in allowed:
+            where = f"{path}.{k}" if path else str(k)
+            raise ConfigError(f"{where}: unknown key (allowed: {', '.join(allowed)})")
+    return v
+
+
+def _url(path: str, v: Any) -> str:
+    s = _str(path, v)
+    u = urlsplit(s)
+    if u.scheme != "http" or not u.hostname or (u.path not in ("", "/")):
+        raise ConfigError(f"{path}: expected a URL http://host:port, got {v!r}")
+    try:
+        u.port  # noqa: B018 - raises on a bad port
+    except ValueError as e:
+        raise ConfigError(f"{path}: bad port in {v!r}") from e
+    return s.rstrip("/")
+
+
+_SIMPLE = {
+    "server": (
+        Server,
+        {
+            "host": _str,
+            "port": lambda p, v: _num(p, v, integer=True, minimum=0),
+            "max_body_bytes": lambda p, v: _num(p, v, integer=True, minimum=1),
+            "access_log": _bool,
+            "drain_seconds": lambda p, v: _num(p, v),
+        },
+    ),
+    "health": (
+        Health,
+        {"interval_s": lambda p, v: _num(p, v, exclusive=True), "timeout_s": lambda p, v: _num(p, v, exclusive=True)},
+    ),
+    "circuit": (Circuit, {"failures": lambda p, v: _num(p, v, integer=True, minimum=1), "cooldown_s": _num}),
+    "retry": (
+        Retry,
+        {"attempts": lambda p, v: _num(p, v, integer=True, minimum=1), "backoff_base_s": _num, "backoff_max_s": _num},
+    ),
+    "upstream": (
+        Upstream,
+        {
+            "connect_timeout_s": lambda p, v: _num(p, v, exclusive=True),
+            "total_timeout_s": lambda p, v: _num(p, v, exclusive=True),
+        },
+    ),
+    "queue": (
+        Queue,
+        {
+            "max_inflight": lambda p, v: _num(p, v, integer=True, minimum=1),
+            "max_waiting": lambda p, v: _num(p, v, integer=True, minimum=0),
+            "wait_timeout_s": _num,
+        },
+    ),
+}
+
+
+def _section(name: str, raw: Any):
+    cls, fields = _SIMPLE[name]
+    m = _map(name, raw, tuple(fields))
+    return cls(**{k: fields[k](f"{name}.{k}", v) for k, v in m.items()})
+
+
+def _key(path: str, raw: Any) -> ApiKey:
+    m = _map(path, raw, ("name", "sha256", "models", "rpm", "burst"))
+    for req in ("name", "sha256"):
+        if req not in m:
+            raise ConfigError(f"{path}.{req}: required")
+    digest = _str(f"{path}.sha256", m["sha256"]).lower()
+    if not _HEX64.match(digest):
+        raise ConfigError(f"{path}.sha256: expected 64 hex characters (sha256 of the key), never the key itself")
+    models = tuple(
+        _str(f"{path}.models[{i}]", x) for i, x in enumerate(_list(f"{path}.models", m.get("models", ["*"])))
+    )
+    return ApiKey(
+        name=_str(f"{path}.name", m["name"]),
+        sha256=digest,
+        models=models,
+        rpm=_num(f"{path}.rpm", m.get("rpm", 1000), integer=True, minimum=1),
+        burst=_num(f"{path}.burst", m.get("burst", 100), integer=True, minimum=1),
+    )
+
+
+_MODEL_KEYS = (
+    "name",
+    "aliases",
+    "capabilities",
+    "tier",
+    "latency_ms",
+    "timeout_s",
+    "max_inflight",
+    "max_waiting",
+    "fallbacks",
+    "replicas",
+)
+
+
+def _model(path: str, raw: Any) -> Model:
+    m = _map(path, raw, _MODEL_KEYS)
+    for req in ("name", "replicas"):
+        if req not in m:
+            raise ConfigError(f"{path}.{req}: required")
+    name = _str(f"{path}.name", m["name"])
+    if name == "auto":
+        raise ConfigError(f"{path}.name: 'auto' is reserved for model selection")
+    replicas = tuple(_url(f"{path}.replicas[{i}]", u) for i, u in enumerate(_list(f"{path}.replicas", m["replicas"])))
+    if not replicas:
+        raise ConfigError(f"{path}.replicas: at least one replica URL is required")
+    caps = tuple(
+        _str(f"{path}.capabilities[{i}]", c)
+        for i, c in enumerate(_list(f"{path}.capabilities", m.get("capabilities", ["chat", "completion"])))
+    )
+    for i, c in enumerate(caps):
+        if c not in CAPABILITIES:
+            raise ConfigError(f"{path}.capabilities[{i}]: {c!r} is not one of {', '.join(CAPABILITIES)}")
+    tier = _str(f"{path}.tier", m.get("tier", "embedding" if "embedding" in caps else "lightweight"))
+    if tier not in TIERS:
+        raise ConfigError(f"{path}.tier: {tier!r} is not one of {', '.join(TIERS)}")
+    lat = _map(f"{path}.latency_ms", m.get("latency_ms"), ("avg", "p95"))
+    opt = {}
+    for k, integer in (("timeout_s", False), ("max_inflight", True), ("max_waiting", True)):
+        if m.get(k) is not None:
+            opt[k] = _num(f"{path}.{k}", m[k], integer=integer, minimum=1 if k == "max_inflight" else 0)
+    return Model(
+        name=name,
+        replicas=replicas,
+        aliases=tuple(
+            _str(f"{path}.aliases[{i}]", a) for i, a in enumerate(_list(f"{path}.aliases", m.get("aliases", []) or []))
+        ),
+        capabilities=caps,
+        tier=tier,
+        latency_ms=Latency(
+            avg=_num(f"{path}.latency_ms.avg", lat.get("avg", 1000)),
+            p95=_num(f"{path}.latency_ms.p95", lat.get("p95", 2000)),
+        ),
+        fallbacks=tuple(
+            _str(f"{path}.fallbacks[{i}]", f)
+            for i, f in enumerate(_list(f"{path}.fallbacks", m.get("fallbacks", []) or []))
+        ),
+        **opt,
+    )
+
+
+def parse(raw: Any) -> Config:
+    """Validate a parsed YAML document and return a Config."""
+    top = _map("", raw, ("server", "auth", "rate_limit", "health", "circuit", "retry", "upstream", "queue", "models"))
+    sections = {k: _section(k, top.get(k)) for k in _SIMPLE}
+    a = _map("auth", top.get("auth"), ("required", "keys"))
+    keys = tuple(_key(f"auth.keys[{i}]", k) for i, k in enumerate(_list("auth.keys", a.get("keys", []) or [])))
+    required = _bool("auth.required", a.get("required", bool(keys)))
+    if required and not keys:
+        raise ConfigError("auth.required: true but auth.keys is empty (set required: false to run without auth)")
+    if not required and keys:
+        raise ConfigError("auth.required: false only when auth.keys is empty")
+    names = [k.name for k in keys]
+    if len(set(names)) != len(names):
+        raise ConfigError("auth.keys: key names must be unique")
+    rl = _map("rate_limit", top.get("rate_limit"), ("backend", "redis_url"))
+    backend = rl.get("backend", "memory")
+    if backend not in ("memory", "redis"):
+        raise ConfigError(f"rate_limit.backend: {backend!r} is not one of memory, redis")
+    redis_url = rl.get("redis_url")
+    if redis_url is not None:
+        _str("rate_limit.redis_url", redis_url)
+    if backend == "redis" and not redis_url:
+        raise ConfigError("rate_limit.redis_url: required when rate_limit.backend is redis")
+    models = tuple(_model(f"models[{i}]", m) for i, m in enumerate(_list("models", top.get("models", []) or [])))
+    if not models:
+        raise ConfigError("models: at least one model is required")
+    seen: dict[str, str] = {}
+    for i, m in enumerate(models):
+        for n in (m.name, *m.aliases):
+            if n in seen:
+                raise ConfigError(f"models[{i}]: name or alias {n!r} already used by model {seen[n]!r}")
+            seen[n] = m.name
+    for i, m in enumerate(models):
+        for j, f in enumerate(m.fallbacks):
+            if f not in seen or seen[f] == m.name:
+                raise ConfigError(f"models[{i}].fallbacks[{j}]: {f!r} is not another configured model")
+    for i, k in enumerate(keys):
+        for j, n in enumerate(k.models):
+            if n != "*" and n not in seen:
+                raise ConfigError(f"auth.keys[{i}].models[{j}]: unknown model {n!r}")
+    return Config(
+        auth=Auth(required=required, keys=keys),
+        rate_limit=RateLimit(backend=backend, redis_url=redis_url),
+        models=models,
+        **sections,
+    )
+
+
+def load(path: str) -> Config:
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = yaml.safe_load(f)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    try:
+        return parse(raw)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+_EMBED_HINTS = ("embed", "minilm", "bge-", "e5-", "gte-", "nomic")
+
+
+def from_backends(pairs: list[str], key_digests: list[tuple[str, str]], base: Config | None = None) -> Config:
+    """Config from repeated ``--backend MODEL=URL`` (a model named twice gets two replicas).
+
+    Capabilities are unknown here: a name that looks like an embedding model
+    (embed, minilm, bge-, e5-, gte-, nomic) is an embedding model, anything else chat+completion.
+    """
+    order: dict[str, list[str]] = {}
+    for i, p in enumerate(pairs):
+        name, sep, url = p.partition("=")
+        if not sep or not name:
+            raise ConfigError(f"--backend[{i}]: expected MODEL=URL, got {p!r}")
+        order.setdefault(name, []).append(_url(f"--backend {name}", url))
+    raw_models = []
+    for name, urls in order.items():
+        emb = any(h in name.lower() for h in _EMBED_HINTS)
+        raw_models.append(
+            {
+                "name": name,
+                "replicas": urls,
+                "capabilities": ["embedding"] if emb else ["chat", "completion"],
+                "tier": "embedding" if emb else "lightweight",
+            }
+        )
+    raw: dict[str, Any] = {"models": raw_models}
+    if key_digests:
+        raw["auth"] = {"required": True, "keys": [{"name": n, "sha256": d} for n, d in key_digests]}
+    cfg = parse(raw)
+    if base is not None:
+        # --backend on top of --config replaces the model table only.
+        from dataclasses import replace
+
+        cfg = replace(base, models=cfg.models, auth=cfg.auth if key_digests else base.auth)
+    return cfg

@@ -1,0 +1,159 @@
+"""Replica health: passive circuit breaker + active readiness checks (no web framework imports)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .backends import Replica, Router
+
+log = logging.getLogger("citadel_gateway.health")
+
+CLOSED, HALF_OPEN, OPEN = 0, 1, 2  # the values of llm_circuit_state
+
+
+class CircuitBreaker:
+    """Opens after ``failures`` consecutive failures; after ``cooldown`` lets ONE probe through
+    (half-open); that probe's success closes it, its failure re-opens it."""
+
+    __slots__ = ("failures", "cooldown", "count", "state", "opened_at", "probing", "clock", "on_change")
+
+    def __init__(self, failures: int, cooldown: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.failures = failures
+        self.cooldown = cooldown
+        self.count = 0
+        self.state = CLOSED
+        self.opened_at = 0.0
+        self.probing = False
+        self.clock = clock
+        self.on_change: Callable[[int], None] | None = None
+
+    def _set(self, state: int) -> None:
+        if state != self.state:
+            self.state = state
+            if self.on_change is not None:
+                self.on_change(state)
+
+    def available(self) -> bool:
+        """Could a request go here now (without reserving the half-open probe)?"""
+        if self.state == CLOSED:
+            return True
+        if self.state == OPEN:
+            return self.clock() - self.opened_at >= self.cooldown
+        return not self.probing
+
+    def acquire(self) -> bool:
+        """Reserve the right to send a request; in half-open only one caller wins."""
+        if self.state == CLOSED:
+            return True
+        if self.state == OPEN:
+            if self.clock() - self.opened_at < self.cooldown:
+                return False
+            self._set(HALF_OPEN)
+            self.probing = False
+        if self.probing:
+            return False
+        self.probing = True
+        return True
+
+    def success(self) -> None:
+        self.count = 0
+        self.probing = False
+        self._set(CLOSED)
+
+    def failure(self, hard: bool = False) -> None:
+        """``hard``: the replica is certainly gone (connection refused): open at once."""
+        self.count += 1
+        self.probing = False
+        if self.state == HALF_OPEN or hard or self.count >= self.failures:
+            self.opened_at = self.clock()
+            self._set(OPEN)
+
+    def release(self) -> None:
+        """A reserved request ended without a verdict (client went away)."""
+        self.probing = False
+
+
+Fetch = Callable[["Replica", str, str, bytes | None, float], Awaitable[tuple[int, bytes]]]
+
+
+async def probe(
+    replica: Replica, model_name: str, capabilities: tuple[str, ...], fetch: Fetch, timeout: float
+) -> str | None:
+    """Readiness of one replica for one model: None when ready, else the reason.
+
+    /health (process alive) → /v1/models lists the model → a real 1-token request.
+    """
+    try:
+        status, _ = await fetch(replica, "GET", "/health", None, timeout)
+        if status != 200:
+            return f"/health returned {status}"
+        status, body = await fetch(replica, "GET", "/v1/models", None, timeout)
+        if status != 200:
+            return f"/v1/models returned {status}"
+        ids = {m.get("id") for m in json.loads(body).get("data", []) if isinstance(m, dict)}
+        if model_name not in ids:
+            return f"/v1/models does not list {model_name}"
+        if "embedding" in capabilities and "chat" not in capabilities and "completion" not in capabilities:
+            path, req = "/v1/embeddings", {"model": model_name, "input": "ping"}
+        elif "chat" in capabilities:
+            path = "/v1/chat/completions"
+            req = {"model": model_name, "messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}
+        else:
+            path, req = "/v1/completions", {"model": model_name, "prompt": "ping", "max_tokens": 1}
+        status, _ = await fetch(replica, "POST", path, json.dumps(req).encode(), timeout)
+        if status != 200:
+            return f"{path} returned {status}"
+    except TimeoutError:
+        return "timed out"
+    except (OSError, ValueError, Exception) as e:  # noqa: BLE001 - any failure means not ready
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+class HealthChecker:
+    """Runs ``probe`` for every replica every ``interval`` seconds."""
+
+    def __init__(self, router: Router, fetch: Fetch, interval: float, timeout: float) -> None:
+        self.router = router
+        self.fetch = fetch
+        self.interval = interval
+        self.timeout = timeout
+        self._task: asyncio.Task | None = None
+
+    async def check_once(self) -> None:
+        jobs = []
+        for model in self.router.models:
+            for r in model.replicas:
+                jobs.append(self._check(model.name, model.capabilities, r))
+        await asyncio.gather(*jobs)
+
+    async def _check(self, name: str, caps: tuple[str, ...], r: Replica) -> None:
+        reason = await probe(r, name, caps, self.fetch, self.timeout)
+        r.set_health(reason is None, reason)
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.check_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - a checker bug must not kill the loop
+                log.exception("health check round failed")
+            await asyncio.sleep(self.interval)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None

@@ -1,0 +1,120 @@
+"""Prometheus metrics with the exact names dashboards use (no web framework imports).
+
+The hot path only bumps plain dict entries (no locks, no prometheus_client objects per
+request); a custom collector turns them into metric families at scrape time. Health, circuit
+and active-request gauges are read live from the router at scrape time, so they can never go
+stale.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.utils import floatToGoString
+
+BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)
+OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+def observe(table: dict, key: tuple, v: float, buckets: tuple = BUCKETS) -> None:
+    """Histogram observation: one bucket slot and the sum (cumulated at scrape time)."""
+    h = table.get(key)
+    if h is None:
+        h = table[key] = [0] * (len(buckets) + 1) + [0.0]
+    h[bisect_left(buckets, v)] += 1
+    h[-1] += v
+
+
+def inc(table: dict, key: tuple, amount: float = 1) -> None:
+    table[key] = table.get(key, 0) + amount
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.requests: dict[tuple, float] = {}  # (model, endpoint, status)
+        self.duration: dict[tuple, list] = {}  # (model, endpoint)
+        self.ttfb: dict[tuple, list] = {}  # (model, endpoint)
+        self.overhead: dict[tuple, list] = {}  # (endpoint,)
+        self.retries: dict[tuple, float] = {}  # (model,)
+        self.fallbacks: dict[tuple, float] = {}  # (model, fallback)
+        self.rejections: dict[tuple, float] = {}  # (model, reason)
+        self.tokens: dict[tuple, float] = {}  # (model, type)
+        self.state = None  # gateway.State, read at scrape time
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self)
+
+    def describe(self):
+        return []
+
+    @staticmethod
+    def _hist(name: str, doc: str, labels: list[str], table: dict, buckets: tuple) -> HistogramMetricFamily:
+        f = HistogramMetricFamily(name, doc, labels=labels)
+        bounds = [floatToGoString(b) for b in buckets] + ["+Inf"]
+        for key, h in list(table.items()):
+            acc, out = 0, []
+            for le, n in zip(bounds, h[:-1], strict=True):
+                acc += n
+                out.append((le, acc))
+            f.add_metric([str(x) for x in key], out, h[-1])
+        return f
+
+    @staticmethod
+    def _counter(name: str, doc: str, labels: list[str], table: dict) -> CounterMetricFamily:
+        f = CounterMetricFamily(name, doc, labels=labels)
+        for key, v in list(table.items()):
+            f.add_metric([str(x) for x in key], v)
+        return f
+
+    def collect(self):
+        yield self._counter(
+            "llm_requests",
+            "Requests by model, endpoint and HTTP status",
+            ["model", "endpoint", "status"],
+            self.requests,
+        )
+        yield self._hist(
+            "llm_request_duration_seconds", "Request duration", ["model", "endpoint"], self.duration, BUCKETS
+        )
+        yield self._hist(
+            "llm_time_to_first_byte_seconds",
+            "Time to first byte of streamed responses",
+            ["model", "endpoint"],
+            self.ttfb,
+            BUCKETS,
+        )
+        yield self._hist(
+            "llm_gateway_overhead_seconds",
+            "Time spent in the gateway excluding upstream wait",
+            ["endpoint"],
+            self.overhead,
+            OVERHEAD_BUCKETS,
+        )
+        yield self._counter("llm_retries", "Retries of a request on another attempt", ["model"], self.retries)
+        yield self._counter("llm_fallbacks", "Requests sent to a fallback model", ["model", "fallback"], self.fallbacks)
+        yield self._counter("llm_rejections", "Rejected requests by reason", ["model", "reason"], self.rejections)
+        yield self._counter("llm_tokens_processed", "Tokens reported in upstream usage", ["model", "type"], self.tokens)
+        st = self.state
+        active = GaugeMetricFamily("llm_active_requests", "Requests being forwarded now", labels=["model"])
+        mh = GaugeMetricFamily("llm_model_health", "1 when at least one replica is healthy", labels=["model"])
+        uh = GaugeMetricFamily(
+            "llm_upstream_health", "Replica readiness (1 healthy, 0 not)", labels=["model", "replica"]
+        )
+        cs = GaugeMetricFamily(
+            "llm_circuit_state", "Circuit breaker: 0 closed, 1 half-open, 2 open", labels=["model", "replica"]
+        )
+        if st is not None:
+            for m in st.router.models:
+                a = st.admission.get(m.name)
+                active.add_metric([m.name], a.inflight if a else 0)
+                mh.add_metric([m.name], 1 if any(r.available() for r in m.replicas) else 0)
+                for r in m.replicas:
+                    uh.add_metric([m.name, r.label], 1 if r.healthy else 0)
+                    cs.add_metric([m.name, r.label], r.breaker.state)
+        yield from (active, mh, uh, cs)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

