@@ -1,0 +1,263 @@
+"""Fixtures: real processes on free loopback ports (steerable stub upstreams, the gateway, redis)."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+HERE = Path(__file__).parent
+KEYS = {"ops": "ops-key-1", "limited": "limited-key-2", "embed-only": "embed-key-3"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, proc: subprocess.Popen, timeout: float = 15.0) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {port}")
+
+
+def request(port: int, method: str, path: str, body=None, headers=None, timeout: float = 10.0):
+    """One HTTP request; returns (status, headers dict (lower-case), body bytes)."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        data = body if isinstance(body, bytes | type(None)) else json.dumps(body).encode()
+        h = {"Content-Type": "application/json", **(headers or {})}
+        c.request(method, path, body=data, headers=h)
+        r = c.getresponse()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+    finally:
+        c.close()
+
+
+class Stub:
+    def __init__(self, models: list[str], port: int | None = None) -> None:
+        self.models = models
+        self.port = port or free_port()
+        self.proc: subprocess.Popen | None = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        args = [sys.executable, str(HERE / "stub_upstream.py"), "--port", str(self.port)]
+        for m in self.models:
+            args += ["--model", m]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(self.port, self.proc)
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def control(self, **kw) -> dict:
+        return json.loads(request(self.port, "POST", "/_control", kw)[2])
+
+    def reset(self) -> None:
+        self.control(reset=True)
+        request(self.port, "POST", "/_reset_stats", {})
+
+    def stats(self) -> dict:
+        return json.loads(request(self.port, "GET", "/_stats")[2])
+
+
+class Gateway:
+    def __init__(self, tmp: Path, cfg: dict, name: str = "gw") -> None:
+        self.port = free_port()
+        cfg.setdefault("server", {})
+        cfg["server"].update({"host": "127.0.0.1", "port": self.port})
+        self.cfg_path = tmp / f"{name}.yaml"
+        self.write(cfg)
+        self.log_path = tmp / f"{name}.log"
+        self.log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "citadel_gateway", "--config", str(self.cfg_path), "--log-level", "warning"],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_port(self.port, self.proc)
+
+    def write(self, cfg: dict) -> None:
+        self.cfg_path.write_text(yaml.safe_dump(cfg))
+
+    def request(self, method, path, body=None, key: str | None = "ops", headers=None, timeout=10.0):
+        h = dict(headers or {})
+        if key:
+            h["Authorization"] = f"Bearer {KEYS.get(key, key)}"
+        return request(self.port, method, path, body, h, timeout)
+
+    def chat(self, model="chat-a", key="ops", **kw):
+        body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, **kw}
+        return self.request("POST", "/v1/chat/completions", body, key=key)
+
+    def signal(self, sig) -> None:
+        self.proc.send_signal(sig)
+
+    def logs(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+def sha(k: str) -> str:
+    return hashlib.sha256(k.encode()).hexdigest()
+
+
+def base_config(chat_urls, embed_urls, **over) -> dict:
+    cfg = {
+        "auth": {
+            "required": True,
+            "keys": [
+                {"name": "ops", "sha256": sha(KEYS["ops"]), "models": ["*"], "rpm": 100000, "burst": 10000},
+                {"name": "limited", "sha256": sha(KEYS["limited"]), "models": ["*"], "rpm": 60, "burst": 3},
+                {"name": "embed-only", "sha256": sha(KEYS["embed-only"]), "models": ["embed-a"], "rpm": 1000, "burst": 100},
+            ],
+        },
+        "health": {"interval_s": 0.3, "timeout_s": 1},
+        "circuit": {"failures": 3, "cooldown_s": 0.5},
+        "retry": {"attempts": 3, "backoff_base_s": 0.01, "backoff_max_s": 0.05},
+        "upstream": {"connect_timeout_s": 1, "total_timeout_s": 5},
+        "models": [
+            {
+                "name": "chat-a",
+                "aliases": ["chatty"],
+                "capabilities": ["chat", "completion"],
+                "tier": "lightweight",
+                "latency_ms": {"avg": 500, "p95": 900},
+                "replicas": list(chat_urls),
+            },
+            {
+                "name": "embed-a",
+                "capabilities": ["embedding"],
+                "tier": "embedding",
+                "latency_ms": {"avg": 50, "p95": 100},
+                "replicas": list(embed_urls),
+            },
+        ],
+    }
+    for k, v in over.items():
+        cfg[k] = v
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def shared_cluster(tmp_path_factory):
+    """Like ``cluster`` but started once per module; tests must not kill its processes."""
+    made = [Stub(["chat-a"]), Stub(["chat-a"]), Stub(["embed-a"])]
+    a, b, e = made
+    g = Gateway(tmp_path_factory.mktemp("gw"), base_config([a.url, b.url], [e.url]))
+    try:
+        wait_ready(g)
+        yield g, a, b, e
+    finally:
+        g.stop()
+        for s in made:
+            s.kill()
+
+
+@pytest.fixture
+def cl(shared_cluster):
+    for s in shared_cluster[1:]:
+        s.reset()
+    return shared_cluster
+
+
+@pytest.fixture
+def stubs():
+    made: list[Stub] = []
+
+    def make(models, port=None) -> Stub:
+        s = Stub(models, port)
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        s.kill()
+
+
+@pytest.fixture
+def gateway(tmp_path):
+    made: list[Gateway] = []
+
+    def make(cfg, name="gw") -> Gateway:
+        g = Gateway(tmp_path, cfg, name)
+        made.append(g)
+        return g
+
+    yield make
+    for g in made:
+        g.stop()
+
+
+@pytest.fixture
+def cluster(stubs, gateway):
+    """Two chat replicas, one embedding replica, a gateway in front (fast health checks)."""
+    a, b, e = stubs(["chat-a"]), stubs(["chat-a"]), stubs(["embed-a"])
+    g = gateway(base_config([a.url, b.url], [e.url]))
+    wait_ready(g)
+    return g, a, b, e
+
+
+def wait_ready(g: Gateway, timeout: float = 10.0, want: int = 200) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if g.request("GET", "/ready", key=None)[0] == want:
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"/ready never answered {want}")
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.skip("redis-server is not installed (scripts/bootstrap.sh installs it)")
+    port = free_port()
+    p = subprocess.Popen(
+        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_port(port, p)
+    yield f"redis://127.0.0.1:{port}/0"
+    p.terminate()
+    p.wait()
+
+
+os.environ.setdefault("PYTHONUNBUFFERED", "1")
