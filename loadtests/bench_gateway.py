@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -404,28 +405,37 @@ def pct(values: list[float], p: float) -> float | None:
 # ---------------------------------------------------------------- profile
 
 
-def profile_gateway(args, gw: Service, base: str, key: str, logdir: Path) -> dict | None:
-    """py-spy over one c=64 run: top functions by own (self) and inclusive samples."""
+def profile_gateway(args, gw: Service, stub: Service, base: str, key: str, logdir: Path) -> dict | None:
+    """py-spy over one c=64 run: top functions by own (self) and inclusive samples.
+
+    py-spy samples wall-clock stacks of a runnable thread: with the stub on the gateway's
+    core, the time the gateway sits preempted right after waking the stub (its upstream
+    write) would be charged to that write. So the stub moves to the load core meanwhile.
+    """
     pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(pyspy).exists():
         print("  profile: py-spy not installed, skipped")
         return None
     out = logdir / "gateway.pyspy.txt"
-    # --function: one row per function, not per line; --nonblocking: do not pause the gateway.
-    cmd = [pyspy, "record", "--format", "raw", "--function", "--nonblocking", "-r", "500", "-p", str(gw.pid)]
+    # Frames carry the current line; functions are summed from them. --nonblocking: never pause the gateway.
+    cmd = [pyspy, "record", "--format", "raw", "--nonblocking", "-r", "500", "-p", str(gw.pid)]
     cmd += ["-o", str(out)]
     cmd += ["-d", str(int(args.duration) + 1)]
     if args.load_cpus:
         cmd = ["taskset", "-c", args.load_cpus, *cmd]
+    if args.load_cpus:
+        for task in os.listdir(f"/proc/{stub.pid}/task"):
+            os.sched_setaffinity(int(task), {int(c) for c in args.load_cpus.split(",")})
     spy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     time.sleep(0.5)
-    run = measure(args, "gateway", base, key, 64, gw, gw)
+    run = measure(args, "gateway", base, key, 64, gw, stub)
     spy.wait(60)
     if not out.exists():
         print(f"  profile: py-spy wrote nothing: {spy.stderr.read().decode()[-300:]}")
         return None
     self_n: dict[str, int] = {}
     incl_n: dict[str, int] = {}
+    line_n: dict[str, int] = {}
     total = 0
     for line in out.read_text().splitlines():
         stack, _, n = line.rpartition(" ")
@@ -436,8 +446,10 @@ def profile_gateway(args, gw: Service, base: str, key: str, logdir: Path) -> dic
         if not frames:
             continue
         total += count
-        self_n[frames[-1]] = self_n.get(frames[-1], 0) + count
-        for f in set(frames):
+        line_n[frames[-1]] = line_n.get(frames[-1], 0) + count
+        funcs = [re.sub(r":\d+\)$", ")", f) for f in frames]
+        self_n[funcs[-1]] = self_n.get(funcs[-1], 0) + count
+        for f in set(funcs):
             incl_n[f] = incl_n.get(f, 0) + count
     us = run["cpu_us_per_req"] or 0.0
 
@@ -450,6 +462,7 @@ def profile_gateway(args, gw: Service, base: str, key: str, logdir: Path) -> dic
         "samples": total,
         "self": top(self_n),
         "inclusive": top(incl_n),
+        "lines": top(line_n),
         "raw": str(out),
     }
 
@@ -485,7 +498,7 @@ def main() -> int:
     # Figures were also steadier pinned than left to the scheduler on a shared machine.
     p.add_argument("--load-cpus", default="0", help="taskset list for wrk and the stream client ('' = no pin)")
     p.add_argument("--server-cpus", default="1", help="taskset list for stub, gateway, LiteLLM ('' = no pin)")
-    p.add_argument("--chunks", type=int, default=20, help="SSE events per stream")
+    p.add_argument("--chunks", type=int, default=12, help="SSE events per stream")
     p.add_argument("--chunk-interval-ms", type=float, default=10.0)
     p.add_argument("--profile", action="store_true", help="py-spy the gateway over one extra c=64 run")
     p.add_argument("--profile-top", type=int, default=15)
@@ -563,7 +576,7 @@ def main() -> int:
                         f"  errors {r['errors']}",
                         flush=True,
                     )
-            for conc, total in ((1, 6), (16, 48)):
+            for conc, total in ((1, 10), (16, 48)):
                 for name, base, svc in order:
                     settle([stub.pid] + ([svc.pid] if svc else []))
                     s = run_async(streams(base, key, conc, total))
@@ -577,7 +590,7 @@ def main() -> int:
                     )
         profile = None
         if args.profile and gw_exe:
-            profile = profile_gateway(args, gw, gw_base, key, logdir)
+            profile = profile_gateway(args, gw, stub, gw_base, key, logdir)
         for svc in services[1:]:
             meta.setdefault("rss_mib", {})[svc.name] = round(rss_mib(svc.pid), 1)
     finally:
@@ -708,14 +721,17 @@ def main() -> int:
     if profile:
         print(
             f"\ngateway profile (py-spy, c=64, {profile['samples']} samples, "
-            f"{fmt(profile['run']['cpu_us_per_req'], '.0f')} us CPU/request; us = share x CPU/request)"
+            f"{profile['run']['rps']:.0f} req/s, {fmt(profile['run']['cpu_us_per_req'], '.0f')} us CPU/request;"
+            " us = share x CPU/request)"
         )
+        print("  (stub on the load core meanwhile; C calls and syscalls count as their Python caller's own time)")
         print("  self (own time):")
         for r in profile["self"]:
             print(f"    {r['share']:6.1%} {r['us_per_req']:6.1f} us  {r['frame'][:130]}")
-        print("  inclusive:")
-        for r in profile["inclusive"]:
-            print(f"    {r['share']:6.1%} {r['us_per_req']:6.1f} us  {r['frame'][:130]}")
+        for title, rows in (("inclusive", profile["inclusive"]), ("hottest lines (own time)", profile["lines"])):
+            print(f"  {title}:")
+            for r in rows:
+                print(f"    {r['share']:6.1%} {r['us_per_req']:6.1f} us  {r['frame'][:130]}")
 
     meta["loadavg_after"] = os.getloadavg()
     meta["elapsed_s"] = round(time.monotonic() - t_start, 1)

@@ -9,11 +9,11 @@ VENV=${1:-${CITADEL_CACHE:-$(cd "$(dirname "$0")/.." && pwd)/.cache}/litellm-ven
 # A 3.12 interpreter: $PYTHON, python3.12, or pyenv's (whose shim fails when 3.12 is not active).
 for candidate in "${PYTHON:-}" python3.12 "$(pyenv root 2>/dev/null || echo /root/.pyenv)"/versions/3.12*/bin/python3.12; do
   if [[ -n $candidate ]] && "$candidate" -c 'import sys; assert sys.version_info[:2] == (3, 12)' 2>/dev/null; then
-    PYTHON=$candidate
+    py=$candidate
     break
   fi
 done
-[[ -n ${PYTHON:-} ]] || { echo "install-litellm.sh: no Python 3.12 found (set PYTHON)" >&2; exit 1; }
+[[ -n ${py:-} ]] || { echo "install-litellm.sh: no Python 3.12 found (set PYTHON)" >&2; exit 1; }
 
 if [[ -x $VENV/bin/python ]] &&
   [[ $("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("litellm"))' 2>/dev/null) == "$LITELLM_VERSION" ]]; then
@@ -21,6 +21,8 @@ if [[ -x $VENV/bin/python ]] &&
   exit 0
 fi
 
-"$PYTHON" -m venv "$VENV"
-"$VENV/bin/pip" install --quiet --disable-pip-version-check "litellm[proxy]==$LITELLM_VERSION"
+"$py" -m venv "$VENV"
+# Transitive versions pinned too (bench/litellm.lock), so reruns measure the same code.
+"$VENV/bin/pip" install --quiet --disable-pip-version-check -c "$(dirname "$0")/bench/litellm.lock" \
+  "litellm[proxy]==$LITELLM_VERSION"
 echo "litellm $LITELLM_VERSION installed in $VENV"
