@@ -1,0 +1,156 @@
+"""Prometheus files rendered by the prometheus role for the lab and production.
+
+The role runs in its export mode (prometheus_export_dir) on the controller,
+through monitoring/tests/render.yml: the same templates, filters and catalog
+as a real run, no host contacted. promtool then checks the configuration and
+the rules and runs the unit tests in monitoring/tests/rules-<env>.test.yml.
+"""
+
+import atexit
+import copy
+import functools
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO
+
+PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
+ENVS = ("lab", "production")
+CATALOGS = {
+    "lab": REPO / "inventory/lab/group_vars/lab/models.yml",
+    "production": REPO / "group_vars/all/models.yml",
+}
+
+
+def _catalog(env: str) -> list[dict]:
+    return yaml.safe_load(CATALOGS[env].read_text())["citadel_models"]
+
+
+def render_monitoring(env: str, catalog: list[dict] | None = None) -> Path:
+    """Render the monitoring files of inventory/<env> (optionally another catalog) into a temporary dir."""
+    out = Path(tempfile.mkdtemp(prefix=f"citadel-monitoring-{env}-"))
+    atexit.register(shutil.rmtree, out, True)
+    extra = ["-e", f"out={out}"]
+    if catalog is not None:
+        (out / "catalog.json").write_text(json.dumps({"citadel_models": catalog}))
+        extra += ["-e", f"@{out / 'catalog.json'}"]
+    run = subprocess.run(
+        ["ansible-playbook", "-i", f"inventory/{env}", "monitoring/tests/render.yml", *extra],
+        cwd=REPO,
+        env={**os.environ, "ANSIBLE_NOCOLOR": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    return out
+
+
+@functools.cache
+def rendered(env: str) -> Path:
+    """Rendered once per test session (also used by test_monitoring_metrics.py)."""
+    return render_monitoring(env)
+
+
+def promtool(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    assert Path(PROMTOOL).exists(), "promtool is missing: scripts/bootstrap.sh installs the prometheus package"
+    return subprocess.run([PROMTOOL, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def _unit_test(rules_dir: Path, env: str) -> subprocess.CompletedProcess:
+    test_file = rules_dir / f"rules-{env}.test.yml"
+    shutil.copy(REPO / f"monitoring/tests/rules-{env}.test.yml", test_file)
+    return promtool("test", "rules", test_file.name, cwd=rules_dir)
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_rendered_config_and_rules_pass_promtool_check(env):
+    out = rendered(env) / "prometheus"
+    rules = promtool("check", "rules", str(out / "rules/citadel-llm.rules.yml"))
+    assert rules.returncode == 0, rules.stdout + rules.stderr
+    assert "SUCCESS" in rules.stdout
+    config = promtool("check", "config", str(out / "prometheus.yml"))
+    assert config.returncode == 0, config.stdout + config.stderr
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_alert_unit_tests_fire_and_stay_quiet(env):
+    run = _unit_test(rendered(env) / "prometheus/rules", env)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "SUCCESS" in run.stdout
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "tool_step"),
+    [
+        # A metric name typo still parses: only the unit tests catch it.
+        ('llm_requests_total{status=~"5.."}', 'llm_request_total{status=~"5.."}', "test"),
+        # A syntax error: promtool check rules rejects the file.
+        ("vllm:kv_cache_usage_perc >", "vllm:kv_cache_usage_perc >>", "check"),
+    ],
+)
+def test_a_broken_expression_fails_the_checks(tmp_path, old, new, tool_step):
+    rules_dir = tmp_path / "rules"
+    shutil.copytree(rendered("lab") / "prometheus/rules", rules_dir)
+    rules_file = rules_dir / "citadel-llm.rules.yml"
+    text = rules_file.read_text()
+    assert old in text
+    rules_file.write_text(text.replace(old, new))
+    if tool_step == "check":
+        run = promtool("check", "rules", str(rules_file))
+    else:
+        assert promtool("check", "rules", str(rules_file)).returncode == 0
+        run = _unit_test(rules_dir, "lab")
+    assert run.returncode != 0
+    assert "FAILED" in run.stdout + run.stderr
+
+
+def _file_sd(out: Path, job: str) -> list[dict]:
+    return yaml.safe_load((out / f"prometheus/file_sd/{job}.yml").read_text())
+
+
+def test_lab_targets_come_from_inventory_and_catalog():
+    out = rendered("lab")
+    vllm = [(g["labels"]["model"], g["labels"]["host"], g["targets"]) for g in _file_sd(out, "vllm")]
+    assert vllm == [
+        ("smollm2-135m", "citadel-llm-01", ["citadel-llm-01:11403"]),
+        ("smollm2-135m", "citadel-llm-02", ["citadel-llm-02:11403"]),
+        ("all-minilm-l6-v2", "citadel-llm-02", ["citadel-llm-02:11404"]),
+    ]
+    assert {g["labels"]["tier"] for g in _file_sd(out, "vllm")} == {"lightweight", "embedding"}
+    assert _file_sd(out, "llm_gateway") == [{"targets": ["citadel-gateway-01:8000"], "labels": {"host": "citadel-gateway-01"}}]
+    nodes = sorted(t for g in _file_sd(out, "node") for t in g["targets"])
+    assert nodes == [f"citadel-{h}:9100" for h in ("gateway-01", "llm-01", "llm-02", "monitor-01")]
+
+
+def test_production_targets_use_ansible_host():
+    out = rendered("production")
+    vllm = {(g["labels"]["model"], g["targets"][0]) for g in _file_sd(out, "vllm")}
+    assert ("mixtral-8x7b", "192.168.10.29:11400") in vllm
+    assert ("phi-3-mini", "192.168.10.28:11403") in vllm
+    assert len(vllm) == len(_catalog("production"))
+    assert _file_sd(out, "llm_gateway")[0]["targets"] == ["192.168.10.31:8000"]
+    config = yaml.safe_load((out / "prometheus/prometheus.yml").read_text())
+    assert config["global"]["external_labels"] == {"environment": "production"}
+    assert "alerting" not in config  # prometheus_alertmanagers: [] by default
+
+
+def test_a_catalog_change_needs_no_other_edit():
+    catalog = copy.deepcopy(_catalog("lab"))
+    catalog = [m for m in catalog if m["name"] != "all-minilm-l6-v2"]
+    added = {**copy.deepcopy(catalog[0]), "name": "qwen-tiny", "aliases": [], "port": 11405}
+    added["latency_ms"] = {"avg": 400, "p95": 1250}
+    out = render_monitoring("lab", catalog + [added])
+    models = [g["labels"]["model"] for g in _file_sd(out, "vllm")]
+    assert "all-minilm-l6-v2" not in models
+    assert models.count("qwen-tiny") == 2  # group llm_servers: both lab hosts
+    rules = (out / "prometheus/rules/citadel-llm.rules.yml").read_text()
+    assert re.search(r"expr: vector\(1\.25\)\n\s+labels:\n\s+model: qwen-tiny", rules)
+    assert "all-minilm-l6-v2" not in rules
