@@ -145,7 +145,13 @@ def base_config(chat_urls, embed_urls, **over) -> dict:
             "keys": [
                 {"name": "ops", "sha256": sha(KEYS["ops"]), "models": ["*"], "rpm": 100000, "burst": 10000},
                 {"name": "limited", "sha256": sha(KEYS["limited"]), "models": ["*"], "rpm": 60, "burst": 3},
-                {"name": "embed-only", "sha256": sha(KEYS["embed-only"]), "models": ["embed-a"], "rpm": 1000, "burst": 100},
+                {
+                    "name": "embed-only",
+                    "sha256": sha(KEYS["embed-only"]),
+                    "models": ["embed-a"],
+                    "rpm": 1000,
+                    "burst": 100,
+                },
             ],
         },
         "health": {"interval_s": 0.3, "timeout_s": 1},

@@ -7,7 +7,6 @@ import sys
 
 import pytest
 import yaml
-
 from citadel_gateway import config as C
 
 GOOD = """
@@ -104,7 +103,12 @@ def test_auth_off_only_without_keys():
 
 def test_backends_flag_infers_embedding_and_replicas():
     cfg = C.from_backends(
-        ["smollm2-135m=http://127.0.0.1:11403", "smollm2-135m=http://127.0.0.1:11413", "all-minilm-l6-v2=http://127.0.0.1:11404"], []
+        [
+            "smollm2-135m=http://127.0.0.1:11403",
+            "smollm2-135m=http://127.0.0.1:11413",
+            "all-minilm-l6-v2=http://127.0.0.1:11404",
+        ],
+        [],
     )
     chat, emb = cfg.models
     assert len(chat.replicas) == 2 and chat.capabilities == ("chat", "completion")
@@ -119,10 +123,18 @@ def test_check_config_cli(tmp_path):
     good.write_text(GOOD)
     bad = tmp_path / "bad.yaml"
     bad.write_text(GOOD.replace("interval_s: 30", "interval_s: thirty"))
-    ok = subprocess.run([sys.executable, "-m", "citadel_gateway", "--check-config", str(good)], capture_output=True, text=True)
+    ok = subprocess.run(
+        [sys.executable, "-m", "citadel_gateway", "--check-config", str(good)], capture_output=True, text=True
+    )
     assert ok.returncode == 0, ok.stderr
-    ko = subprocess.run([sys.executable, "-m", "citadel_gateway", "--check-config", str(bad)], capture_output=True, text=True)
+    ko = subprocess.run(
+        [sys.executable, "-m", "citadel_gateway", "--check-config", str(bad)], capture_output=True, text=True
+    )
     assert ko.returncode == 1
     assert "health.interval_s: expected a number" in ko.stderr
-    nope = subprocess.run([sys.executable, "-m", "citadel_gateway", "--check-config", str(tmp_path / "missing.yaml")], capture_output=True, text=True)
+    nope = subprocess.run(
+        [sys.executable, "-m", "citadel_gateway", "--check-config", str(tmp_path / "missing.yaml")],
+        capture_output=True,
+        text=True,
+    )
     assert nope.returncode == 1 and "cannot read" in nope.stderr

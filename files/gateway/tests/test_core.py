@@ -6,7 +6,6 @@ import asyncio
 import time
 
 import pytest
-
 from citadel_gateway import config as C
 from citadel_gateway import selection
 from citadel_gateway.backends import Router
@@ -83,14 +82,34 @@ def test_admission_queue_bounds():
 
 def _router(**over):
     models = [
-        {"name": "big", "tier": "heavyweight", "capabilities": ["chat", "reasoning"], "latency_ms": {"avg": 2000, "p95": 3000},
-         "replicas": ["http://h1:1"]},
-        {"name": "small", "tier": "lightweight", "capabilities": ["chat", "completion"], "latency_ms": {"avg": 500, "p95": 750},
-         "replicas": ["http://h2:1", "http://h3:1"]},
-        {"name": "coder", "tier": "lightweight", "capabilities": ["chat", "code"], "latency_ms": {"avg": 900, "p95": 1500},
-         "replicas": ["http://h4:1"]},
-        {"name": "emb", "tier": "embedding", "capabilities": ["embedding"], "latency_ms": {"avg": 30, "p95": 60},
-         "replicas": ["http://h5:1"]},
+        {
+            "name": "big",
+            "tier": "heavyweight",
+            "capabilities": ["chat", "reasoning"],
+            "latency_ms": {"avg": 2000, "p95": 3000},
+            "replicas": ["http://h1:1"],
+        },
+        {
+            "name": "small",
+            "tier": "lightweight",
+            "capabilities": ["chat", "completion"],
+            "latency_ms": {"avg": 500, "p95": 750},
+            "replicas": ["http://h2:1", "http://h3:1"],
+        },
+        {
+            "name": "coder",
+            "tier": "lightweight",
+            "capabilities": ["chat", "code"],
+            "latency_ms": {"avg": 900, "p95": 1500},
+            "replicas": ["http://h4:1"],
+        },
+        {
+            "name": "emb",
+            "tier": "embedding",
+            "capabilities": ["embedding"],
+            "latency_ms": {"avg": 30, "p95": 60},
+            "replicas": ["http://h5:1"],
+        },
     ]
     return Router(C.parse({"models": models, **over}))
 
@@ -137,6 +156,10 @@ def test_selection_is_microseconds():
 
 
 def test_usage_found_without_parsing():
-    body = b'{"id":"x","choices":[{"text":"' + b"a" * 100000 + b'"}],"usage":{"prompt_tokens":12,"total_tokens":20,"completion_tokens":8}}'
+    body = (
+        b'{"id":"x","choices":[{"text":"'
+        + b"a" * 100000
+        + b'"}],"usage":{"prompt_tokens":12,"total_tokens":20,"completion_tokens":8}}'
+    )
     assert usage_tokens(body) == (12, 8)
     assert usage_tokens(b'{"data":[]}') is None

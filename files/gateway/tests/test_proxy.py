@@ -91,7 +91,9 @@ def test_body_over_limit_is_413(stubs, gateway):
         f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEYS['ops']}\r\n"
         "Transfer-Encoding: chunked\r\nContent-Type: application/json\r\n\r\n"
     ).encode()
-    chunks = b"".join(b"%x\r\n%s\r\n" % (len(payload[i : i + 500]), payload[i : i + 500]) for i in range(0, len(payload), 500))
+    chunks = b"".join(
+        b"%x\r\n%s\r\n" % (len(payload[i : i + 500]), payload[i : i + 500]) for i in range(0, len(payload), 500)
+    )
     sock.sendall(head + chunks + b"0\r\n\r\n")
     assert sock.recv(100).startswith(b"HTTP/1.1 413")
     sock.close()
