@@ -304,3 +304,52 @@ def test_locust_compare_mode_reports_ratio(tmp_path, instrument):
     assert "Gateway vs direct" in out
     line = next(x for x in out.splitlines() if x.startswith("all-minilm-l6-v2 embeddings "))
     assert float(line.split()[5]) > 0  # the ratio column
+
+
+# -- request mix and ramp ---------------------------------------------------------------------------
+
+
+def _locustfile():
+    import locustfile  # imports Locust: only after the no-monkey-patch import at the top
+
+    return locustfile
+
+
+def test_mix_follows_capabilities():
+    lf = _locustfile()
+    lab = catalog.load(REPO / "inventory/lab")
+    plan = {(m.name, kind): w for m, kind, w in lf.build_plan(lab, lf._parse_mix(lf.DEFAULT_MIX))}
+    assert plan == {
+        ("smollm2-135m", "chat short"): 4,
+        ("smollm2-135m", "chat medium"): 1,
+        ("smollm2-135m", "stream"): 2,
+        ("smollm2-135m", "completion"): 2,
+        ("all-minilm-l6-v2", "embeddings"): 3,
+    }
+    only_embeddings = lf.build_plan(lab, lf._parse_mix("embeddings=1,chat_short=0"))
+    assert [(m.name, kind) for m, kind, _ in only_embeddings] == [("all-minilm-l6-v2", "embeddings")]
+    with pytest.raises(ValueError, match="unknown kind"):
+        lf._parse_mix("chat_long=1")
+
+
+def test_staged_shape_steps_through_the_documents_plan(monkeypatch):
+    from types import SimpleNamespace
+
+    lf = _locustfile()
+    opts = SimpleNamespace(
+        staged=True, stages=lf.DEFAULT_STAGES, stage_seconds=60.0, run_time=0, num_users=3, spawn_rate=2
+    )
+    shape = lf.CitadelShape()
+    shape.runner = SimpleNamespace(environment=SimpleNamespace(parsed_options=opts))
+    at = {}
+    for t in (0, 59, 60, 121, 180, 299, 300):
+        monkeypatch.setattr(shape, "get_run_time", lambda t=t: t)
+        at[t] = shape.tick()
+    assert at == {0: (1, 2), 59: (1, 2), 60: (5, 2), 121: (10, 2), 180: (20, 2), 299: (50, 2), 300: None}
+    # --run-time still bounds it; without --staged it is plain -u/-r.
+    opts.run_time = 100
+    monkeypatch.setattr(shape, "get_run_time", lambda: 100)
+    assert shape.tick() is None
+    opts.staged = False
+    monkeypatch.setattr(shape, "get_run_time", lambda: 5)
+    assert shape.tick() == (3, 2)

@@ -1,0 +1,78 @@
+"""Locust against the lab gateway, the way `make load` runs it (loadtests/run.sh).
+
+A short run at a small load (2 CPU cores serve the lab's vLLM) must pass the
+lab catalog's SLO gates; a run with an impossible target must fail and name
+the model. The key and the URL come from where `make load` takes them.
+"""
+
+import csv
+import os
+import subprocess
+from pathlib import Path
+
+import lab_inventory
+
+REPO = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
+INVENTORY = os.environ["CITADEL_INVENTORY"]
+
+
+def catalog() -> list[dict]:
+    gateway = lab_inventory.names("llm_gateway")[0]
+    return lab_inventory.hostvars(gateway)["citadel_models"]
+
+
+def load(report_dir: Path, *args: str) -> tuple[subprocess.CompletedProcess, str]:
+    env = {**os.environ, "INVENTORY": INVENTORY, "REPORT_DIR": str(report_dir)}
+    run = subprocess.run(
+        [str(REPO / "loadtests/run.sh"), *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    return run, run.stdout + run.stderr
+
+
+def rows(path: Path) -> dict[str, dict]:
+    with path.open() as f:
+        return {row["Name"]: row for row in csv.DictReader(f)}
+
+
+def test_lab_slo_gates_hold_at_ci_load(tmp_path):
+    run, out = load(tmp_path, "--run-time", "45s", "--users", "3", "--spawn-rate", "1")
+    assert run.returncode == 0, out[-5000:]
+    assert "SLO gates passed" in out
+    stats = rows(tmp_path / "locust_stats.csv")
+    with (tmp_path / "locust_slo.csv").open() as f:
+        gates = list(csv.DictReader(f))
+    for model in catalog():
+        name = model["name"]
+        mine = {row: v for row, v in stats.items() if row.startswith(f"{name} ")}
+        assert sum(int(v["Request Count"]) for v in mine.values()) > 0, f"{name} got no requests"
+        metrics = {g["metric"]: g for g in gates if g["model"] == name}
+        assert {"p95 ms", "avg ms", "error ratio"} <= metrics.keys(), name
+        assert all(g["passed"] == "True" for g in metrics.values()), metrics
+        # The gate's targets are the catalog's, not a copy.
+        assert float(metrics["p95 ms"]["target"]) == model["latency_ms"]["p95"]
+        assert float(metrics["avg ms"]["target"]) == model["latency_ms"]["avg"]
+        if "chat" in model["capabilities"]:
+            ttft = stats[f"{name} stream ttft"]
+            assert int(ttft["Request Count"]) > 0
+            # The first token arrives well before the whole answer: the gateway streams unbuffered.
+            assert float(ttft["Median Response Time"]) < float(stats[f"{name} stream"]["Median Response Time"])
+            assert float(stats[f"{name} stream tokens/s"]["Average Response Time"]) > 0
+    assert (tmp_path / "report.html").stat().st_size > 0
+
+
+def test_impossible_target_fails_and_names_the_model(tmp_path):
+    run, out = load(
+        tmp_path, "--run-time", "10s", "--users", "2", "--models", "smollm2-135m", "--slo-p95-ms", "smollm2-135m=1"
+    )
+    assert run.returncode != 0, out[-5000:]
+    assert "SLO gates FAILED for: smollm2-135m" in out
+    # The gate table's row: model, metric, target, measured, verdict.
+    row = next(line.split() for line in out.splitlines() if line.startswith("smollm2-135m  p95 ms"))
+    assert row[3] == "1"
+    assert float(row[4]) > 1
+    assert row[5] == "FAIL"
