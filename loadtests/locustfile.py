@@ -198,6 +198,10 @@ def _init(environment, **_kwargs):
     WEIGHTS[:] = [w for _, _, w in plan]
     if opts.compare_direct:
         environment.events.request.add_listener(_record_sample)
+    if opts.staged:
+        total = len([s for s in opts.stages.split(",") if s.strip()]) * opts.stage_seconds
+        if opts.run_time and opts.run_time < total:
+            log.warning("--run-time %ss ends the staged ramp early (it needs %.0fs)", opts.run_time, total)
     for model in MODELS:
         log.info(
             "model %s: targets avg %s / p95 %s ms; replicas %s",

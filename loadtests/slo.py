@@ -260,6 +260,8 @@ class Comparison:
     direct_p95_ms: float | None
     gateway_n: int
     direct_n: int
+    gateway_p50_ms: float | None = None
+    direct_p50_ms: float | None = None
 
     @property
     def ratio(self) -> float | None:
@@ -278,24 +280,49 @@ def compare(samples: Mapping[str, list[float]]) -> list[Comparison]:
         other = samples.get(entry_name(model, kind, direct=True))
         if other is None:
             continue
+        gw = samples[name]
         out.append(
-            Comparison(name, percentile(samples[name], 0.95), percentile(other, 0.95), len(samples[name]), len(other))
+            Comparison(
+                name,
+                percentile(gw, 0.95),
+                percentile(other, 0.95),
+                len(gw),
+                len(other),
+                percentile(gw, 0.5),
+                percentile(other, 0.5),
+            )
         )
     return out
 
 
 def format_comparison(rows: Iterable[Comparison], max_ratio: float) -> str:
-    table = [("endpoint", "n gw/direct", "p95 gateway ms", "p95 direct ms", "ratio", f"within {max_ratio:g}x")]
+    table = [
+        (
+            "endpoint",
+            "n gw/direct",
+            "p95 gateway ms",
+            "p95 direct ms",
+            "p95 ratio",
+            f"within {max_ratio:g}x",
+            "p50 ratio",
+        )
+    ]
+
+    def ms(value):
+        return "-" if value is None else f"{value:.1f}"
+
     for c in rows:
         ok = "-" if c.ratio is None else ("yes" if c.ratio <= max_ratio else "NO")
+        p50 = c.gateway_p50_ms / c.direct_p50_ms if c.gateway_p50_ms and c.direct_p50_ms else None
         table.append(
             (
                 c.endpoint,
                 f"{c.gateway_n}/{c.direct_n}",
-                "-" if c.gateway_p95_ms is None else f"{c.gateway_p95_ms:.1f}",
-                "-" if c.direct_p95_ms is None else f"{c.direct_p95_ms:.1f}",
+                ms(c.gateway_p95_ms),
+                ms(c.direct_p95_ms),
                 "-" if c.ratio is None else f"{c.ratio:.3f}",
                 ok,
+                "-" if p50 is None else f"{p50:.3f}",
             )
         )
     widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
