@@ -125,7 +125,9 @@ def test_lab_targets_come_from_inventory_and_catalog():
         ("all-minilm-l6-v2", "citadel-llm-02", ["citadel-llm-02:11404"]),
     ]
     assert {g["labels"]["tier"] for g in _file_sd(out, "vllm")} == {"lightweight", "embedding"}
-    assert _file_sd(out, "llm_gateway") == [{"targets": ["citadel-gateway-01:8000"], "labels": {"host": "citadel-gateway-01"}}]
+    assert _file_sd(out, "llm_gateway") == [
+        {"targets": ["citadel-gateway-01:8000"], "labels": {"host": "citadel-gateway-01"}}
+    ]
     nodes = sorted(t for g in _file_sd(out, "node") for t in g["targets"])
     assert nodes == [f"citadel-{h}:9100" for h in ("gateway-01", "llm-01", "llm-02", "monitor-01")]
 
