@@ -322,6 +322,9 @@ def measure(args, name: str, base: str, key: str, conc: int, svc: Service | None
         "p99_ms": r["latency_us"]["p99"] / 1000,
         "cpu_us_per_req": (c1 - c0) / n * 1e6 if svc else None,
         "stub_cpu_us_per_req": (s1 - s0) / n * 1e6,
+        # Share of one core that stub + proxy used. Pinned to one server core at high
+        # concurrency this should be ~1.0; much less means other work held that core.
+        "server_core": ((c1 - c0) + (s1 - s0)) / (r["duration_us"] / 1e6),
         "errors": errors,
         "wrk": r,
     }
@@ -604,7 +607,8 @@ def main() -> int:
         for name in names:
             rows = [r for r in runs if r["target"] == name and r["conc"] == conc]
             summary[f"{name}/c{conc}"] = {
-                k: med(rows, k) for k in ("rps", "p50_ms", "p99_ms", "cpu_us_per_req", "stub_cpu_us_per_req")
+                k: med(rows, k)
+                for k in ("rps", "p50_ms", "p99_ms", "cpu_us_per_req", "stub_cpu_us_per_req", "server_core")
             } | {"errors": sum(r["errors"] for r in rows)}
     ssum: dict = {}
     for conc in (1, 16):
@@ -626,15 +630,27 @@ def main() -> int:
         print(f"\nc={conc}")
         print(
             f"  {'target':8} {'req/s':>9} {'share':>6} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/req':>10} "
-            f"{'stub us/req':>11} {'errors':>6}"
+            f"{'stub us/req':>11} {'core':>5} {'errors':>6}"
         )
         d = summary[f"direct/c{conc}"]["rps"]
         for name in names:
             s = summary[f"{name}/c{conc}"]
             print(
                 f"  {name:8} {s['rps']:9.0f} {s['rps'] / d:6.3f} {s['p50_ms']:8.3f} {s['p99_ms']:8.2f} "
-                f"{fmt(s['cpu_us_per_req'], '.0f'):>10} {fmt(s['stub_cpu_us_per_req'], '.0f'):>11} {s['errors']:6d}"
+                f"{fmt(s['cpu_us_per_req'], '.0f'):>10} {fmt(s['stub_cpu_us_per_req'], '.0f'):>11} "
+                f"{s['server_core']:5.2f} {s['errors']:6d}"
             )
+    top_c = max(concs)
+    # Proxies only: direct at c=64 can be bound by wrk's core instead (the stub needs ~35 us/request).
+    starved = [n for n in names if n != "direct" and summary[f"{n}/c{top_c}"]["server_core"] < 0.85]
+    if args.server_cpus and starved:
+        print(
+            f"\nWARNING: at c={top_c} the server core was busy with our servers only "
+            + ", ".join(f"{n} {summary[f'{n}/c{top_c}']['server_core']:.0%}" for n in starved)
+            + " of the time: other work held it, so those req/s understate what they can do"
+            " (CPU us/request still holds)."
+        )
+    print("  (core = share of one core used by stub + proxy during the run)")
     print(f"\nstreams (first chunk / inter-chunk gap, ms; {args.chunks} events {args.chunk_interval_ms:g} ms apart)")
     print(f"  {'target':8} {'c':>3} {'first p50':>9} {'first p95':>9} {'gap p50':>8} {'gap p95':>8} {'errors':>6}")
     for conc in (1, 16):

@@ -317,71 +317,78 @@ class OpenAIUser(FastHttpUser):
         # Read line by line from the socket: no compression that would buffer the events.
         headers = {**headers, "Accept": "text/event-stream", "Accept-Encoding": "identity"}
         start = time.perf_counter()
-        first = None
-        deltas = 0
-        usage_tokens = None
-        done = False
-        received = 0
         with self.client.post(url, json=body, headers=headers, name=name, catch_response=True, stream=True) as resp:
             if resp.status_code != 200:
                 resp.failure(f"HTTP {resp.status_code}: {(resp.text or '')[:200]}")
                 return
-            # geventhttpclient's readline returns each SSE line as soon as it arrives
-            # (iter_content(n) would wait for n bytes and delay the first token).
-            raw = resp._response
-            try:
-                while True:
-                    line = raw.readline(b"\n")
-                    if not line:
-                        break
-                    received += len(line)
-                    line = line.strip()
-                    if not line.startswith(b"data:"):
-                        continue
-                    data = line[5:].strip()
-                    if data == b"[DONE]":
-                        done = True
-                        break
-                    event = json.loads(data)
-                    if event.get("error"):
-                        resp.failure(f"stream error: {str(event['error'])[:200]}")
-                        return
-                    for choice in event.get("choices") or []:
-                        if (choice.get("delta") or {}).get("content"):
-                            deltas += 1
-                            if first is None:
-                                first = time.perf_counter()
-                    if event.get("usage"):
-                        usage_tokens = event["usage"].get("completion_tokens")
-                raw.read()  # drain the chunked terminator so the connection can be reused
-            except Exception as e:  # noqa: BLE001  (any read/parse problem is this request's failure)
-                resp.failure(f"stream broken: {e!r}")
+            seen = _read_sse(resp._response)
+            # The whole stream, not just its headers, is this request's time.
+            resp.request_meta["response_time"] = (time.perf_counter() - start) * 1000
+            resp.request_meta["response_length"] = seen["bytes"]
+            if seen["error"]:
+                resp.failure(seen["error"])
                 return
-            end = time.perf_counter()
-            resp.request_meta["response_time"] = (end - start) * 1000
-            resp.request_meta["response_length"] = received
-            if not done or first is None:
-                resp.failure(f"stream ended without {'[DONE]' if first else 'any content'}")
-                return
-        tokens = usage_tokens or deltas
+        first, last = seen["first"], seen["last"]
+        tokens = seen["usage_tokens"] or seen["deltas"]
+        direct = direct and bool(self.opts.compare_direct)
         fire = self.environment.events.request.fire
         fire(
             request_type="TTFT",
-            name=slo.entry_name(model_name, slo.STREAM_TTFT, direct and bool(self.opts.compare_direct)),
+            name=slo.entry_name(model_name, slo.STREAM_TTFT, direct),
             response_time=(first - start) * 1000,
             response_length=0,
             exception=None,
             context={},
         )
-        if tokens > 1 and end > first:
+        if tokens > 1 and last > first:
             fire(
                 request_type="TOK/S",
-                name=slo.entry_name(model_name, slo.STREAM_TPS, direct and bool(self.opts.compare_direct)),
-                response_time=(tokens - 1) / (end - first),
+                name=slo.entry_name(model_name, slo.STREAM_TPS, direct),
+                response_time=(tokens - 1) / (last - first),
                 response_length=0,
                 exception=None,
                 context={},
             )
+
+
+def _read_sse(raw) -> dict:
+    """Read an OpenAI event stream to its end: arrival of first/last content, token counts, error if any.
+
+    geventhttpclient's readline returns each line as soon as it arrives
+    (iter_content(n) would wait for n bytes and delay the first token).
+    """
+    seen = {"first": None, "last": None, "deltas": 0, "usage_tokens": None, "bytes": 0, "error": None}
+    done = False
+    try:
+        while True:
+            line = raw.readline(b"\n")
+            if not line:
+                break
+            seen["bytes"] += len(line)
+            line = line.strip()
+            if not line.startswith(b"data:"):
+                continue
+            data = line[5:].strip()
+            if data == b"[DONE]":
+                done = True
+                break
+            event = json.loads(data)
+            if event.get("error"):
+                seen["error"] = f"stream error: {str(event['error'])[:200]}"
+                break
+            for choice in event.get("choices") or []:
+                if (choice.get("delta") or {}).get("content"):
+                    seen["deltas"] += 1
+                    seen["last"] = time.perf_counter()
+                    seen["first"] = seen["first"] or seen["last"]
+            if event.get("usage"):
+                seen["usage_tokens"] = event["usage"].get("completion_tokens")
+        raw.read()  # drain the chunked terminator so the connection can be reused
+    except Exception as e:  # any read or parse problem is this request's failure
+        seen["error"] = f"stream broken: {e!r}"
+    if not seen["error"] and (not done or seen["first"] is None):
+        seen["error"] = f"stream ended without {'[DONE]' if seen['first'] else 'any content'}"
+    return seen
 
 
 def _check_chat(body: dict) -> str | None:
