@@ -12,7 +12,8 @@ from conftest import KEYS, base_config, wait_ready
 def test_401_missing_or_unknown_key(cl):
     g, *_ = cl
     s, _, body = g.chat(key=None)
-    assert s == 401 and json.loads(body)["error"]["type"] == "authentication_error"
+    assert s == 401
+    assert json.loads(body)["error"]["type"] == "authentication_error"
     assert g.chat(key="not-a-real-key")[0] == 401
     assert g.request("GET", "/v1/models", key=None)[0] == 401
     # X-API-Key works as well as Authorization: Bearer
@@ -25,7 +26,8 @@ def test_401_missing_or_unknown_key(cl):
 def test_403_model_not_allowed_for_key(cl):
     g, *_ = cl
     s, _, body = g.chat(key="embed-only")
-    assert s == 403 and json.loads(body)["error"]["code"] == "model_not_allowed"
+    assert s == 403
+    assert json.loads(body)["error"]["code"] == "model_not_allowed"
     assert g.request("POST", "/v1/embeddings", {"model": "embed-a", "input": "x"}, key="embed-only")[0] == 200
     ids = {m["id"] for m in json.loads(g.request("GET", "/v1/models", key="embed-only")[2])["data"]}
     assert ids == {"embed-a"}
@@ -37,7 +39,8 @@ def test_429_with_retry_after_over_burst(cl):
     codes = [g.chat(key="limited") for _ in range(5)]
     assert [c[0] for c in codes[:3]] == [200, 200, 200]
     s, h, body = codes[3]
-    assert s == 429 and int(h["retry-after"]) >= 1
+    assert s == 429
+    assert int(h["retry-after"]) >= 1
     assert json.loads(body)["error"]["code"] == "rate_limited"
     text = g.request("GET", "/metrics", key=None)[2].decode()
     assert 'llm_rejections_total{model="chat-a",reason="rate_limited"}' in text
@@ -76,9 +79,12 @@ def test_admission_queue_full_and_timeout(stubs, gateway):
     second.start()
     time.sleep(0.1)
     s, h, body = g.chat()  # queue full → 429 immediately
-    assert s == 429 and json.loads(body)["error"]["code"] == "queue_full" and "retry-after" in h
+    assert s == 429
+    assert json.loads(body)["error"]["code"] == "queue_full"
+    assert "retry-after" in h
     second.join()
     first.join()
     assert sorted(out) == [200, 503]
     text = g.request("GET", "/metrics", key=None)[2].decode()
-    assert 'reason="queue_full"' in text and 'reason="queue_timeout"' in text
+    assert 'reason="queue_full"' in text
+    assert 'reason="queue_timeout"' in text

@@ -59,7 +59,8 @@ def test_documented_example_parses():
     m = cfg.models[0]
     assert m.replicas == ("http://citadel-llm-01:11403", "http://citadel-llm-02:11403")
     assert (m.timeout_s, m.max_inflight, m.max_waiting, m.aliases) == (120, 16, 64, ("smollm2",))
-    assert cfg.auth.required and cfg.auth.keys[0].rpm == 1000
+    assert cfg.auth.required
+    assert cfg.auth.keys[0].rpm == 1000
     assert cfg.models[1].tier == "embedding"
 
 
@@ -111,8 +112,10 @@ def test_backends_flag_infers_embedding_and_replicas():
         [],
     )
     chat, emb = cfg.models
-    assert len(chat.replicas) == 2 and chat.capabilities == ("chat", "completion")
-    assert emb.capabilities == ("embedding",) and emb.tier == "embedding"
+    assert len(chat.replicas) == 2
+    assert chat.capabilities == ("chat", "completion")
+    assert emb.capabilities == ("embedding",)
+    assert emb.tier == "embedding"
     assert cfg.auth.required is False
     with pytest.raises(C.ConfigError, match="expected MODEL=URL"):
         C.from_backends(["smollm2"], [])
@@ -137,4 +140,5 @@ def test_check_config_cli(tmp_path):
         capture_output=True,
         text=True,
     )
-    assert nope.returncode == 1 and "cannot read" in nope.stderr
+    assert nope.returncode == 1
+    assert "cannot read" in nope.stderr

@@ -27,19 +27,25 @@ def test_breaker_opens_half_opens_once_and_closes():
     b = CircuitBreaker(failures=3, cooldown=10, clock=clk)
     for _ in range(2):
         b.failure()
-    assert b.state == CLOSED and b.acquire()
+    assert b.state == CLOSED
+    assert b.acquire()
     b.failure()
-    assert b.state == OPEN and not b.available() and not b.acquire()
+    assert b.state == OPEN
+    assert not b.available()
+    assert not b.acquire()
     clk.t += 10
     assert b.available()
-    assert b.acquire() and b.state == HALF_OPEN
+    assert b.acquire()
+    assert b.state == HALF_OPEN
     assert not b.acquire(), "only one half-open probe at a time"
     b.failure()
     assert b.state == OPEN, "a failed probe re-opens"
     clk.t += 10
     assert b.acquire()
     b.success()
-    assert b.state == CLOSED and b.acquire() and b.acquire()
+    assert b.state == CLOSED
+    assert b.acquire()
+    assert b.acquire()
 
 
 def test_breaker_hard_failure_opens_at_once():
@@ -75,7 +81,8 @@ def test_admission_queue_bounds():
             await a.acquire()
         assert 0.08 < time.monotonic() - t < 0.5
         a.release()
-        assert a.inflight == 0 and a.waiting == 0
+        assert a.inflight == 0
+        assert a.waiting == 0
 
     asyncio.run(main())
 
@@ -142,7 +149,10 @@ def test_selection_by_priority_and_task():
     r.get("big").replicas[0].healthy = False
     assert selection.choose(ms, "chat", "quality").name != "big"
     rec = selection.recommend(ms, "chat", "quality")
-    assert rec["model"] and rec["score"] > 0 and rec["reasoning"] and len(rec["alternatives"]) <= 2
+    assert rec["model"]
+    assert rec["score"] > 0
+    assert rec["reasoning"]
+    assert len(rec["alternatives"]) <= 2
 
 
 def test_selection_is_microseconds():

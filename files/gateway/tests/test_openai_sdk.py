@@ -29,7 +29,8 @@ def test_streaming(client):
 
 def test_embeddings(client):
     r = client.embeddings.create(model="embed-a", input=["a", "b", "c"])
-    assert len(r.data) == 3 and len(r.data[0].embedding) == 4
+    assert len(r.data) == 3
+    assert len(r.data[0].embedding) == 4
 
 
 def test_models_list(client):
