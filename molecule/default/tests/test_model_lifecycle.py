@@ -9,6 +9,7 @@ import copy
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import lab_inventory
@@ -100,3 +101,65 @@ def test_removed_model_is_stopped_disabled_and_removed(converge_edited):
     assert host.file("/opt/models/all-minilm-l6-v2/model.safetensors").exists  # weights kept by default
     after = started_at()
     assert after[("citadel-llm-02", "smollm2-135m")] == before[("citadel-llm-02", "smollm2-135m")]
+
+
+def _monitoring(catalog: list[dict], tmp_path: Path) -> None:
+    """Run the Prometheus part of playbooks/monitoring.yml with `catalog`."""
+    extra = tmp_path / "monitoring-catalog.json"
+    extra.write_text(json.dumps({"citadel_models": catalog}))
+    run = subprocess.run(
+        [
+            "ansible-playbook",
+            "-i",
+            "inventory/lab",
+            "playbooks/monitoring.yml",
+            "--tags",
+            "prometheus",
+            "-e",
+            f"@{extra}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+
+
+def _vllm_targets_of(model: str, host) -> tuple[list, list]:
+    """(file_sd entries, Prometheus active targets) of `model`, read on the monitoring host."""
+    file_sd = yaml.safe_load(host.file("/etc/prometheus/file_sd/vllm.yml").content_string)
+    api = host.run(
+        "python3 -c %s",
+        "import urllib.request as u;print(u.urlopen('http://127.0.0.1:9090/api/v1/targets').read().decode())",
+    )
+    active = json.loads(api.stdout)["data"]["activeTargets"]
+    return (
+        [g for g in file_sd if g["labels"]["model"] == model],
+        [t for t in active if t["labels"].get("job") == "vllm" and t["labels"].get("model") == model],
+    )
+
+
+def test_removed_model_leaves_monitoring_and_comes_back(tmp_path):
+    monitor = testinfra.get_host(f"podman://{lab_inventory.names('monitoring')[0]}")
+    without = [m for m in CATALOG if m["name"] != "all-minilm-l6-v2"]
+    try:
+        _monitoring(without, tmp_path)
+        # The reload is immediate; give service discovery a moment to drop the target.
+        for _ in range(12):
+            file_sd, active = _vllm_targets_of("all-minilm-l6-v2", monitor)
+            if not active:
+                break
+            time.sleep(5)
+        assert file_sd == []
+        assert active == []
+        assert _vllm_targets_of("smollm2-135m", monitor)[1]  # the other model stays
+    finally:
+        _monitoring(CATALOG, tmp_path)
+    for _ in range(12):
+        file_sd, active = _vllm_targets_of("all-minilm-l6-v2", monitor)
+        if active:
+            break
+        time.sleep(5)
+    assert [g["targets"] for g in file_sd] == [["citadel-llm-02:11404"]]
+    assert len(active) == 1
