@@ -68,6 +68,21 @@ def usage_tokens(body: bytes) -> tuple[int, int] | None:
     return (int(p.group(1)) if p else 0, int(c.group(1)) if c else 0)
 
 
+_QUOTED: dict[str, str] = {}
+
+
+def _q(s: str | None) -> str:
+    """JSON literal of a config-derived name, cached (the set of names is small)."""
+    if s is None:
+        return "null"
+    r = _QUOTED.get(s)
+    if r is None:
+        r = json.dumps(s)
+        if len(_QUOTED) < 10000:
+            _QUOTED[s] = r
+    return r
+
+
 class AccessLog:
     """One pre-serialised JSON line per request, written in batches (no logging module per request)."""
 
@@ -165,7 +180,7 @@ class Gateway:
         self.health = HealthChecker(self.state.router, self.fetch, cfg.health.interval_s, cfg.health.timeout_s)
         self.health.start()
         if not cfg.auth.required:
-            log.warning("AUTH IS OFF: no API keys configured, every client may use every model")
+            log.warning("AUTH IS OFF: no --api-key / auth.keys given; anyone reaching this port can use every model")
 
     async def stop(self) -> None:
         if self.health is not None:
@@ -242,22 +257,13 @@ class Gateway:
         if info.upstream_s is not None:
             observe(m.overhead, (endpoint,), max(0.0, dt - info.upstream_s), OVERHEAD_BUCKETS)
         if self.access.enabled:
+            # One line, formatted directly: request ids are validated/generated (safe characters),
+            # names come from the config and are JSON-quoted once (_q).
+            err = f',"error":{json.dumps(info.error)}' if info.error else ""
             self.access.write(
-                json.dumps(
-                    {
-                        "ts": round(time.time(), 3),
-                        "request_id": info.rid.decode("latin-1") if info.rid else None,
-                        "key": info.key,
-                        "model": info.model,
-                        "endpoint": endpoint,
-                        "status": status,
-                        "duration_ms": round(dt * 1000, 2),
-                        "replica": info.replica,
-                        "retries": info.retries,
-                        **({"error": info.error} if info.error else {}),
-                    },
-                    separators=(",", ":"),
-                )
+                f'{{"ts":{time.time():.3f},"request_id":"{info.rid.decode("latin-1") if info.rid else ""}",'
+                f'"key":{_q(info.key)},"model":{_q(info.model)},"endpoint":"{endpoint}","status":{status},'
+                f'"duration_ms":{dt * 1000:.2f},"replica":{_q(info.replica)},"retries":{info.retries}{err}}}'
             )
 
     async def _handle(self, scope, receive, send, endpoint: str, st: State, info: _Info, t0: float) -> int:
@@ -343,7 +349,7 @@ class Gateway:
         if len(body) > limit:
             return await _send_error(send, 413, f"request body over {limit} bytes", "body_too_large", rid)
         try:
-            obj = json.loads(body)
+            obj = json.loads(body.decode())  # str: skips json's encoding detection
         except (ValueError, UnicodeDecodeError):
             return await _send_error(send, 400, "request body is not valid JSON", "invalid_json", rid)
         if not isinstance(obj, dict):
