@@ -156,3 +156,33 @@ def test_a_catalog_change_needs_no_other_edit():
     rules = (out / "prometheus/rules/citadel-llm.rules.yml").read_text()
     assert re.search(r"expr: vector\(1\.25\)\n\s+labels:\n\s+model: qwen-tiny", rules)
     assert "all-minilm-l6-v2" not in rules
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ({"prometheus_storage_retention_time": "15 days"}, ['retention time "15 days"', "15d, 12w, 1d12h"]),
+        ({"prometheus_scrape_timeout": "30s"}, ["prometheus_scrape_timeout (30s) is longer than"]),
+        ({"prometheus_alertmanagers": ["http://am:9093"]}, ['"http://am:9093" is not host:port']),
+        ({"prometheus_alert_memory_ratio": 80}, ["prometheus_alert_memory_ratio=80 must be a ratio between 0 and 1"]),
+        (
+            {"citadel_models": [{**_catalog("production")[0], "latency_ms": {"avg": 2000}}]},
+            ["citadel_models entry mixtral-8x7b", "latency_ms.p95"],
+        ),
+    ],
+)
+def test_preflight_rejects_bad_monitoring_settings(tmp_path, extra, expected):
+    run = subprocess.run(
+        ["ansible-playbook", "-i", "inventory/production", "monitoring/tests/render.yml"]
+        + ["-e", f"out={tmp_path}", "-e", json.dumps(extra)],
+        cwd=REPO,
+        env={**os.environ, "ANSIBLE_NOCOLOR": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    text = " ".join((run.stdout + run.stderr).split())
+    assert run.returncode != 0
+    for fragment in expected:
+        assert fragment in text, f"{fragment!r} not in the output:\n{run.stdout[-2000:]}"
+    assert not (tmp_path / "prometheus").exists()  # stopped before writing anything
