@@ -505,6 +505,7 @@ def main() -> int:
     p.add_argument("--chunk-interval-ms", type=float, default=10.0)
     p.add_argument("--profile", action="store_true", help="py-spy the gateway over one extra c=64 run")
     p.add_argument("--profile-top", type=int, default=15)
+    p.add_argument("--keep-logs", action="store_true", help="keep the servers' logs (the access log is ~20 MB a run)")
     args = p.parse_args()
     if args.quick:
         args.rounds, args.duration, args.warmup = 1, 3, 1
@@ -743,6 +744,19 @@ def main() -> int:
     print("\ntargets")
     for c in checks:
         print(f"  {c['status']:4}  {c['target']:52} {c['detail']}")
+    if "gateway" in names:
+        # On a busy machine req/s says more about the neighbours than the gateway; CPU per
+        # request does not. What one core would do for stub + gateway at that cost (info only):
+        top_c = max(concs)
+        g = summary[f"gateway/c{top_c}"]
+        per_req = (g["cpu_us_per_req"] or 0) + (g["stub_cpu_us_per_req"] or 0)
+        if per_req:
+            proj = 1e6 / per_req
+            d = summary[f"direct/c{top_c}"]["rps"]
+            print(
+                f"  info  one core's worth of stub + gateway at c={top_c}: 1e6 / ({g['cpu_us_per_req']:.0f} + "
+                f"{g['stub_cpu_us_per_req']:.0f} us) = {proj:.0f} req/s ({proj / d:.2f} of this run's direct)"
+            )
     if profile:
         print(
             f"\ngateway profile (py-spy, c=64, {profile['samples']} samples, "
@@ -773,6 +787,10 @@ def main() -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nresults: {out}  ({meta['elapsed_s']:.0f} s)")
+    if args.keep_logs or args.profile:
+        print(f"logs: {logdir}")
+    else:
+        shutil.rmtree(logdir, ignore_errors=True)
     failed = any(c["status"] == "FAIL" for c in checks)
     return 1 if failed and not args.no_gate else 0
 
