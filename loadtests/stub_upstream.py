@@ -35,6 +35,7 @@ class Config:
         self.models = models
         self.chunks = chunks
         self.interval_s = interval_s
+        self.open: set[StubProtocol] = set()
         self.models_body = json.dumps(
             {
                 "object": "list",
@@ -114,11 +115,13 @@ class StubProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.cfg.open.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.streaming:
             self.streaming.cancel()
         self.transport = None
+        self.cfg.open.discard(self)
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
@@ -284,6 +287,11 @@ async def serve(args: argparse.Namespace) -> None:
     print(f"stub upstream on http://{args.host}:{args.port} models={cfg.models}", flush=True)
     async with server:
         await stop.wait()
+        # Drop idle keep-alive connections too: the server's close waits for every one of them.
+        server.close()
+        for proto in list(cfg.open):
+            if proto.transport:
+                proto.transport.abort()
 
 
 def main() -> None:
