@@ -1,8 +1,8 @@
 """The Grafana dashboard and the alert rules only query metrics that exist.
 
 Known names come from monitoring/fixtures/: /metrics captured from the lab's
-real vLLM 0.32 servers (chat and embeddings) and node_exporter, and the
-gateway's metric contract; plus the recording rules' own names and
+real vLLM 0.32 servers (chat and embeddings), node_exporter 1.5 and the
+gateway (files/gateway 0.1.0); plus the recording rules' own names and
 Prometheus's `up`/`ALERTS`. A renamed metric upstream, or a typo here, fails.
 """
 
@@ -24,10 +24,15 @@ KEYWORDS |= {"inf", "nan", "Inf", "NaN"}
 
 
 def exported_names(path: Path) -> set[str]:
-    """Metric names of one exposition-format capture (sample lines, so histograms give _bucket/_sum/_count)."""
+    """Metric names of one exposition-format capture: samples, and families declared by TYPE
+    (a labelled counter has no sample until first used)."""
     names = set()
+    suffixes = {"histogram": ("_bucket", "_sum", "_count"), "summary": ("", "_sum", "_count")}
     for line in path.read_text().splitlines():
-        if line and not line.startswith("#"):
+        if line.startswith("# TYPE "):
+            _, _, family, kind = line.split()
+            names |= {family + suffix for suffix in suffixes.get(kind, ("",))}
+        elif line and not line.startswith("#"):
             names.add(re.match(r"[a-zA-Z_:][a-zA-Z0-9_:]*", line).group(0))
     return names
 
@@ -84,6 +89,8 @@ def test_fixtures_are_real_captures():
     assert {"vllm:num_requests_running", "vllm:kv_cache_usage_perc", "vllm:time_to_first_token_seconds_bucket"} <= chat
     assert "vllm:num_requests_waiting" in embed
     assert {"node_cpu_seconds_total", "node_memory_MemAvailable_bytes", "node_filesystem_avail_bytes"} <= node
+    gateway = exported_names(FIXTURES / "gateway-0.1.0.prom")
+    assert {"llm_requests_total", "llm_request_duration_seconds_bucket", "llm_retries_total"} <= gateway
 
 
 def test_the_checker_catches_unknown_names():
