@@ -11,7 +11,7 @@ rate after the first token; the row's "response time" columns hold tokens/s).
 
 At the end (`quitting`) the SLO gates (loadtests/slo.py) compare each model's
 short-request latency and error ratio to the catalog's `latency_ms` targets
-and set the exit code. Options: `locust -f loadtests/locustfile.py --help`.
+and set the exit code. Options: `_options` below and loadtests/README.md.
 """
 
 from __future__ import annotations
