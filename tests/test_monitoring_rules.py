@@ -186,3 +186,14 @@ def test_preflight_rejects_bad_monitoring_settings(tmp_path, extra, expected):
     for fragment in expected:
         assert fragment in text, f"{fragment!r} not in the output:\n{run.stdout[-2000:]}"
     assert not (tmp_path / "prometheus").exists()  # stopped before writing anything
+
+
+def test_grafana_provisioning_points_at_this_prometheus():
+    grafana = rendered("production") / "grafana"
+    datasource = yaml.safe_load((grafana / "provisioning/datasources/citadel-llm.yml").read_text())["datasources"][0]
+    assert datasource["uid"] == "citadel-prometheus"  # what every dashboard panel references
+    assert datasource["url"] == "http://192.168.10.37:9090"  # the monitoring host of the inventory
+    provider = yaml.safe_load((grafana / "provisioning/dashboards/citadel-llm.yml").read_text())["providers"][0]
+    assert provider["options"]["path"] == "/var/lib/grafana/dashboards/citadel-llm"
+    shipped = REPO / "monitoring/grafana/dashboards/citadel-llm.json"
+    assert (grafana / "dashboards/citadel-llm.json").read_text() == shipped.read_text()
