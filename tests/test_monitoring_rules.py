@@ -161,7 +161,10 @@ def test_a_catalog_change_needs_no_other_edit():
 @pytest.mark.parametrize(
     ("extra", "expected"),
     [
-        ({"prometheus_storage_retention_time": "15 days"}, ['retention time "15 days"', "15d, 12w, 1d12h"]),
+        (
+            {"prometheus_storage_retention_time": "15 days"},
+            ['prometheus_storage_retention_time="15 days"', "15d, 12w, 1d12h"],
+        ),
         ({"prometheus_scrape_timeout": "30s"}, ["prometheus_scrape_timeout (30s) is longer than"]),
         ({"prometheus_alertmanagers": ["http://am:9093"]}, ['"http://am:9093" is not host:port']),
         ({"prometheus_alert_memory_ratio": 80}, ["prometheus_alert_memory_ratio=80 must be a ratio between 0 and 1"]),
