@@ -213,3 +213,34 @@ def test_access_log_is_one_json_line_per_request(cl):
     assert rec["replica"].startswith("127.0.0.1:")
     assert rec["retries"] == 0
     assert rec["duration_ms"] > 0
+
+
+def test_client_disconnect_cancels_a_non_streamed_request(cl):
+    g, a, b, _ = cl
+    for s_ in (a, b):
+        s_.control(delay=3)
+    sock = socket.create_connection(("127.0.0.1", g.port))
+    body = json.dumps({"model": "chat-a", "messages": []}).encode()
+    sock.sendall(
+        (
+            f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEYS['ops']}\r\n"
+            f"X-Request-Id: gone-away-1\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        + body
+    )
+    time.sleep(0.3)
+    sock.close()
+    t = time.monotonic()
+    while time.monotonic() - t < 1.5:
+        if 'llm_active_requests{model="chat-a"} 0.0' in g.request("GET", "/metrics", key=None)[2].decode():
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("the upstream request outlived its client")
+    time.sleep(0.4)
+    rec = next(json.loads(x) for x in g.logs().splitlines() if '"gone-away-1"' in x)
+    assert rec["status"] == 499
+    assert rec["error"] == "client disconnected"
+    for s_ in (a, b):
+        s_.control(delay=0)
+    assert g.chat()[0] == 200

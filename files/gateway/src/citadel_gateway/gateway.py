@@ -24,7 +24,7 @@ from . import selection
 from .backends import Model, Router
 from .limits import Admission, MemoryLimiter, QueueFull, QueueTimeout, RedisLimiter, retry_after
 from .metrics import OVERHEAD_BUCKETS, Metrics, inc, observe
-from .upstream import ConnectError, Pool, Refused, UpstreamError, UpstreamTimeout
+from .upstream import Cancel, ConnectError, Pool, Refused, UpstreamError, UpstreamTimeout
 
 log = logging.getLogger("citadel_gateway")
 
@@ -424,6 +424,12 @@ class Gateway:
             obj["model"] = model.name
             body = json.dumps(obj, separators=(",", ":")).encode()
 
+        # Under GatewayHttpProtocol (server.py) a client disconnect fires info.cancel directly.
+        cycle = getattr(receive, "__self__", None)
+        if cycle is not None and hasattr(cycle, "__dict__"):
+            cycle.citadel_on_disconnect = info.cancel.fire
+            info.hooked = True
+
         adm = st.admission[model.name]
         if not adm.try_acquire():
             try:
@@ -520,25 +526,29 @@ class Gateway:
             t_up = time.perf_counter()
             err = None
             try:
-                resp = await self.pool.request(r.host, r.port, head, body, deadline)
-            except ConnectError as e:
-                r.breaker.failure(hard=isinstance(e, Refused))
-                err = e
-            except UpstreamTimeout as e:
-                r.outstanding -= 1
-                r.breaker.failure()
-                info.error = str(e)
-                info.upstream_s = time.perf_counter() - t_up
-                return await _send_error(send, 504, f"upstream {model.name} timed out", "upstream_timeout", info.rid)
+                resp = await self.pool.request(r.host, r.port, head, body, deadline, info.cancel)
             except UpstreamError as e:
-                r.breaker.failure()
-                err = e
-                # the request may have been processed: only retry if the upstream said nothing
+                if info.cancel.fired:
+                    r.outstanding -= 1
+                    r.breaker.release()  # the client left: says nothing about the replica
+                    info.error = "client disconnected"
+                    return 499
+                if isinstance(e, UpstreamTimeout):
+                    r.outstanding -= 1
+                    r.breaker.failure()
+                    info.error = str(e)
+                    info.upstream_s = time.perf_counter() - t_up
+                    return await _send_error(
+                        send, 504, f"upstream {model.name} timed out", "upstream_timeout", info.rid
+                    )
+                r.breaker.failure(hard=isinstance(e, Refused))
                 if not isinstance(e, ConnectError):
+                    # the request may have been processed: only retry when it never reached the upstream
                     r.outstanding -= 1
                     info.error = str(e)
                     info.upstream_s = time.perf_counter() - t_up
                     return await _send_error(send, 502, f"upstream {model.name} failed", "upstream_error", info.rid)
+                err = e
             except BaseException:
                 r.outstanding -= 1
                 r.breaker.release()
@@ -595,13 +605,18 @@ class Gateway:
         if not is_stream:
             try:
                 data = await resp.read()
-            except UpstreamTimeout:
-                r.breaker.failure()
+            except UpstreamError as e:
                 resp.close()
                 info.upstream_s = time.perf_counter() - t_up
-                return await _send_error(send, 504, f"upstream {model.name} timed out", "upstream_timeout", info.rid)
-            except UpstreamError as e:
+                if info.cancel.fired:
+                    r.breaker.release()
+                    info.error = "client disconnected"
+                    return 499
                 r.breaker.failure()
+                if isinstance(e, UpstreamTimeout):
+                    return await _send_error(
+                        send, 504, f"upstream {model.name} timed out", "upstream_timeout", info.rid
+                    )
                 resp.close()
                 info.error = str(e)
                 info.upstream_s = time.perf_counter() - t_up
@@ -632,8 +647,8 @@ class Gateway:
         info.started = True
         info.upstream_s = time.perf_counter() - t_up  # upstream wait until the head; the rest is relaying
         await send({"type": "http.response.start", "status": status, "headers": headers})
-        loop = asyncio.get_running_loop()
-        watcher = loop.create_task(_watch_disconnect(receive, resp))
+        cancel = info.cancel
+        watcher = None if info.hooked else asyncio.get_running_loop().create_task(_watch_disconnect(receive, cancel))
         first = True
         ok = True
         try:
@@ -641,9 +656,9 @@ class Gateway:
                 try:
                     chunk = await resp.next_chunk()
                 except UpstreamError as e:
-                    info.error = "client disconnected" if watcher.done() else f"stream broken: {e}"
-                    ok = watcher.done()
-                    if not watcher.done():
+                    ok = cancel.fired
+                    info.error = "client disconnected" if ok else f"stream broken: {e}"
+                    if not ok:
                         r.breaker.failure()
                     break
                 if chunk is None:
@@ -652,10 +667,11 @@ class Gateway:
                     first = False
                     observe(m.ttfb, (model.name, endpoint), time.perf_counter() - t0)
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            if not watcher.done():
+            if not cancel.fired:
                 await send({"type": "http.response.body", "body": b""})
         finally:
-            watcher.cancel()
+            if watcher is not None:
+                watcher.cancel()
             resp.close()
         if ok and status < 500:
             r.breaker.success()
@@ -665,7 +681,19 @@ class Gateway:
 
 
 class _Info:
-    __slots__ = ("rid", "key", "model", "replica", "retries", "error", "upstream_s", "started", "model_served")
+    __slots__ = (
+        "rid",
+        "key",
+        "model",
+        "replica",
+        "retries",
+        "error",
+        "upstream_s",
+        "started",
+        "model_served",
+        "cancel",
+        "hooked",
+    )
 
     def __init__(self) -> None:
         self.rid = None
@@ -677,13 +705,16 @@ class _Info:
         self.upstream_s = None
         self.started = False
         self.model_served = None
+        self.cancel = Cancel()
+        self.hooked = False
 
 
-async def _watch_disconnect(receive, resp) -> None:
+async def _watch_disconnect(receive, cancel: Cancel) -> None:
+    """For ASGI servers other than ours: wait for http.disconnect, then drop the upstream socket."""
     while True:
         msg = await receive()
         if msg["type"] == "http.disconnect":
-            resp._conn.abort()  # cancels the upstream request: the socket is dropped
+            cancel.fire()
             return
 
 

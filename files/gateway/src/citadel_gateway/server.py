@@ -52,6 +52,17 @@ class _CoalescingTransport:
 
 
 class GatewayHttpProtocol(HttpToolsProtocol):
+    """Also tells the hot path at once when its client disconnects (``citadel_on_disconnect`` set
+    on the request cycle), so the upstream request is aborted without a watcher task per request."""
+
+    def connection_lost(self, exc) -> None:
+        cycle = self.cycle
+        super().connection_lost(exc)
+        if cycle is not None and not cycle.response_complete:
+            cb = cycle.__dict__.get("citadel_on_disconnect")
+            if cb is not None:
+                cb()
+
     def connection_made(self, transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self.transport = _CoalescingTransport(transport, self.loop)  # type: ignore[assignment]

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import time
 
 import httptools
 
@@ -286,7 +285,7 @@ class Pool:
         self.connects += 1
         return conn
 
-    async def request(self, host: str, port: int, head: bytes, body: bytes, deadline: float) -> Response:
+    async def request(self, host: str, port: int, head: bytes, body: bytes, deadline: float, cancel=None) -> Response:
         """Send one request; returns once the response head arrived (deadline is loop.time() based).
 
         ``head`` is the full request head (request line + headers + CRLFCRLF).
@@ -298,13 +297,18 @@ class Pool:
             if conn.closed:
                 continue
             try:
-                return await self._send(conn, head, body, deadline)
+                return await self._send(conn, head, body, deadline, cancel)
             except ConnectError:
                 continue  # stale keep-alive socket: the request never arrived, try another/new one
         conn = await self._connect(key, deadline)
-        return await self._send(conn, head, body, deadline)
+        return await self._send(conn, head, body, deadline, cancel)
 
-    async def _send(self, conn: _Conn, head: bytes, body: bytes, deadline: float) -> Response:
+    async def _send(self, conn: _Conn, head: bytes, body: bytes, deadline: float, cancel=None) -> Response:
+        if cancel is not None:
+            if cancel.fired:
+                self._release(conn)
+                raise UpstreamError("cancelled: the client went away")
+            cancel.conn = conn  # cancel.fire() aborts this request
         resp = conn.start(head + body if len(body) < 65536 else head, deadline)
         if len(body) >= 65536:
             conn.transport.write(body)
@@ -330,5 +334,16 @@ class Pool:
         self._idle.clear()
 
 
-def now() -> float:
-    return time.monotonic()
+class Cancel:
+    """Handle to abort the in-flight upstream request when the client goes away."""
+
+    __slots__ = ("conn", "fired")
+
+    def __init__(self) -> None:
+        self.conn: _Conn | None = None
+        self.fired = False
+
+    def fire(self) -> None:
+        self.fired = True
+        if self.conn is not None:
+            self.conn.abort()
