@@ -7,6 +7,7 @@ this machine, through the published port.
 import hashlib
 import json
 import os
+import subprocess
 import threading
 import time
 import urllib.error
@@ -140,6 +141,38 @@ def test_client_mistakes_get_openai_shaped_errors():
     status, body, _ = request("/v1/chat/completions", {"messages": []}, auth)
     assert status == 400
     assert body["error"]["message"]
+
+
+def converge_gateway(*extra: str) -> str:
+    run = subprocess.run(
+        ["ansible-playbook", "-i", "inventory/lab", "playbooks/gateway.yml", *extra],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    return run.stdout
+
+
+def task_output(out: str, task: str) -> str:
+    """What ansible-playbook printed for one task (up to the next task header)."""
+    return out.split(f"TASK [llm_gateway : {task}]", 1)[1].split("TASK [", 1)[0]
+
+
+def test_config_change_reloads_without_restart(host):
+    before = host.service("citadel-gateway.service").systemd_properties["MainPID"]
+    out = converge_gateway("-e", "llm_gateway_health_interval_s=7")
+    assert "changed:" in task_output(out, "Reload the gateway for a new configuration")
+    assert "changed:" not in task_output(out, "Restart the gateway for a new package or unit")
+    try:
+        assert "interval_s: 7" in host.file("/etc/citadel/gateway/config.yml").content_string
+        assert host.service("citadel-gateway.service").systemd_properties["MainPID"] == before
+        assert wait_ready(60)
+    finally:
+        converge_gateway()
+    assert host.service("citadel-gateway.service").systemd_properties["MainPID"] == before
+    assert "interval_s: 5" in host.file("/etc/citadel/gateway/config.yml").content_string
 
 
 def test_stopping_one_smollm2_replica_keeps_requests_succeeding(client):
