@@ -14,17 +14,20 @@ export ANSIBLE_FORCE_COLOR := 0
 export PY_COLORS := 0
 export NO_COLOR := 1
 
-.PHONY: help setup lab lab-down test test-fast lint unit molecule
+.PHONY: help setup lab lab-down test test-fast lint unit molecule bench-gateway
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-setup: ## Install podman, the lab image, the apt proxy, the pinned tooling (.venv), the lab's wheelhouse and models
+setup: ## Install podman, the lab image, the apt proxy, the pinned tooling (.venv), the lab's wheelhouses, models and gateway key
 	@scripts/bootstrap.sh
 	@lab/build-image.sh >/dev/null
 	@lab/proxy.sh
 	@lab/build-wheelhouse.sh >/dev/null
 	@lab/prepare-models.sh >/dev/null
+	@lab/gateway-api-key.sh >/dev/null
+	@lab/build-gateway-wheelhouse.sh >/dev/null
+	@files/gateway/scripts/venv.sh
 
 lab: setup ## Bring up the lab hosts and run site.yml against them (kept up)
 	@# Molecule remembers "created" even if the containers went away (a `make test`
@@ -45,8 +48,9 @@ lint: ## yamllint, ansible-lint (production profile), ruff
 	ruff check .
 	ruff format --check .
 
-unit: ## Repository tests that need no lab host (inventories, syntax, preflight)
-	pytest tests
+unit: ## Tests that need no lab host: repository (inventories, syntax, preflight, rules) and the gateway package
+	pytest tests loadtests/bench
+	$(CURDIR)/.cache/gateway-venv/bin/pytest files/gateway/tests
 
 molecule: ## Every Molecule scenario: create, converge, idempotence, verify, destroy
 	molecule test --all
@@ -54,3 +58,9 @@ molecule: ## Every Molecule scenario: create, converge, idempotence, verify, des
 test-fast: setup lint unit ## The quick inner loop: everything but Molecule
 
 test: setup lint unit molecule ## Everything CI checks
+
+bench-gateway: ## Gateway overhead vs direct and LiteLLM 1.106.2 on a stub upstream (wrk, ~5 min; exit 1 if a target fails)
+	@files/gateway/scripts/venv.sh
+	@loadtests/bench/venv.sh
+	@loadtests/install-litellm.sh
+	$(CITADEL_CACHE)/bench-venv/bin/python loadtests/bench_gateway.py $(BENCH_ARGS)
