@@ -143,8 +143,11 @@ def _vllm_targets_of(model: str, host) -> tuple[list, list]:
 def test_removed_model_leaves_monitoring_and_comes_back(tmp_path):
     monitor = testinfra.get_host(f"podman://{lab_inventory.names('monitoring')[0]}")
     without = [m for m in CATALOG if m["name"] != "all-minilm-l6-v2"]
+    pid = monitor.service("prometheus").systemd_properties["MainPID"]
     try:
         _monitoring(without, tmp_path)
+        # New targets and rules reload Prometheus (SIGHUP); they never restart it.
+        assert monitor.service("prometheus").systemd_properties["MainPID"] == pid
         # The reload is immediate; give service discovery a moment to drop the target.
         for _ in range(12):
             file_sd, active = _vllm_targets_of("all-minilm-l6-v2", monitor)
