@@ -370,7 +370,9 @@ class Gateway:
             if endpoint == "embeddings":
                 t = "embedding"
             pr = priority.decode("latin-1").strip().lower() if priority else "balanced"
-            model = selection.choose(router.models, t, pr if pr in selection.PRIORITIES else "balanced")
+            pr = pr if pr in selection.PRIORITIES else "balanced"
+            model = selection.choose(router.models, t, pr)
+            info.auto = (t, pr)
             if model is None:
                 info.model = "auto"
                 return await self._reject(
@@ -489,6 +491,16 @@ class Gateway:
                     if cand is not None and cand.name not in used_fallbacks and cand.healthy_count():
                         fb = cand
                         break
+                if fb is None and info.auto is not None:
+                    # auto: the choice went down since it was made (health not yet updated): choose again
+                    rest = [x for x in router.models if x.name not in used_fallbacks]
+                    fb = selection.choose(rest, *info.auto)
+                    if fb is not None:
+                        used_fallbacks.add(fb.name)
+                        model, tried = fb, []
+                        obj["model"] = fb.name
+                        body = json.dumps(obj, separators=(",", ":")).encode()
+                        continue
                 if fb is None:
                     info.error = "no healthy replica"
                     return await self._reject(
@@ -693,6 +705,7 @@ class _Info:
         "model_served",
         "cancel",
         "hooked",
+        "auto",
     )
 
     def __init__(self) -> None:
@@ -707,6 +720,7 @@ class _Info:
         self.model_served = None
         self.cancel = Cancel()
         self.hooked = False
+        self.auto = None
 
 
 async def _watch_disconnect(receive, cancel: Cancel) -> None:

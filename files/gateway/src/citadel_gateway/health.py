@@ -126,6 +126,7 @@ class HealthChecker:
         self.interval = interval
         self.timeout = timeout
         self._task: asyncio.Task | None = None
+        self.rounds = 0  # completed check rounds; /ready waits for the first one
 
     async def check_once(self) -> None:
         jobs = []
@@ -133,6 +134,7 @@ class HealthChecker:
             for r in model.replicas:
                 jobs.append(self._check(model.name, model.capabilities, r))
         await asyncio.gather(*jobs)
+        self.rounds += 1
 
     async def _check(self, name: str, caps: tuple[str, ...], r: Replica) -> None:
         reason = await probe(r, name, caps, self.fetch, self.timeout)

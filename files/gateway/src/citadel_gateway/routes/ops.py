@@ -17,7 +17,10 @@ async def health() -> dict:
 
 @router.get("/ready", summary="Readiness: every model has at least one healthy replica")
 async def ready(request: Request) -> JSONResponse:
-    missing = request.app.state.gateway.state.router.missing()
+    gw = request.app.state.gateway
+    if gw.health is None or gw.health.rounds == 0:
+        return JSONResponse({"status": "starting: first health check not finished"}, status_code=503)
+    missing = gw.state.router.missing()
     if missing:
         return JSONResponse({"status": "not ready", "models_without_healthy_replica": missing}, status_code=503)
     return JSONResponse({"status": "ready"})
