@@ -33,16 +33,23 @@ def _catalog(env: str) -> list[dict]:
     return yaml.safe_load(CATALOGS[env].read_text())["citadel_models"]
 
 
-def render_monitoring(env: str, catalog: list[dict] | None = None) -> Path:
-    """Render the monitoring files of inventory/<env> (optionally another catalog) into a temporary dir."""
+def render_monitoring(env: str, catalog: list[dict] | None = None, extra: dict | None = None) -> Path:
+    """Render the monitoring files of inventory/<env> (optionally another catalog or settings) into a temporary dir."""
     out = Path(tempfile.mkdtemp(prefix=f"citadel-monitoring-{env}-"))
     atexit.register(shutil.rmtree, out, True)
-    extra = ["-e", f"out={out}"]
+    variables = {"out": str(out), **(extra or {})}
     if catalog is not None:
-        (out / "catalog.json").write_text(json.dumps({"citadel_models": catalog}))
-        extra += ["-e", f"@{out / 'catalog.json'}"]
+        variables["citadel_models"] = catalog
+    (out / "extra-vars.json").write_text(json.dumps(variables))
     run = subprocess.run(
-        ["ansible-playbook", "-i", f"inventory/{env}", "monitoring/tests/render.yml", *extra],
+        [
+            "ansible-playbook",
+            "-i",
+            f"inventory/{env}",
+            "monitoring/tests/render.yml",
+            "-e",
+            f"@{out / 'extra-vars.json'}",
+        ],
         cwd=REPO,
         env={**os.environ, "ANSIBLE_NOCOLOR": "1"},
         capture_output=True,
@@ -200,3 +207,11 @@ def test_grafana_provisioning_points_at_this_prometheus():
     assert provider["options"]["path"] == "/var/lib/grafana/dashboards/citadel-llm"
     shipped = REPO / "monitoring/grafana/dashboards/citadel-llm.json"
     assert (grafana / "dashboards/citadel-llm.json").read_text() == shipped.read_text()
+
+
+def test_alertmanagers_are_an_option_only():
+    out = render_monitoring("production", extra={"prometheus_alertmanagers": ["am.example.org:9093"]})
+    config = yaml.safe_load((out / "prometheus/prometheus.yml").read_text())
+    assert config["alerting"] == {"alertmanagers": [{"static_configs": [{"targets": ["am.example.org:9093"]}]}]}
+    check = promtool("check", "config", str(out / "prometheus/prometheus.yml"))
+    assert check.returncode == 0, check.stdout + check.stderr
