@@ -256,9 +256,16 @@ class OpenAIUser(FastHttpUser):
     def wait_time(self):
         return random.uniform(0.5, 1.5) * self.opts.think_seconds
 
+    def on_start(self):
+        # One request of every kind first, so even a short run has a sample in every row.
+        self.first_round = random.sample(PLAN, len(PLAN))
+
     @task
     def one_request(self):
-        model, kind = random.choices(PLAN, weights=WEIGHTS)[0]
+        if self.first_round:
+            model, kind = self.first_round.pop()
+        else:
+            model, kind = random.choices(PLAN, weights=WEIGHTS)[0]
         if self.opts.compare_direct:
             # Same request both ways, in random order, so both see the same machine load.
             for direct in random.sample([False, True], 2):
