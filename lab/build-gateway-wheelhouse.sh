@@ -32,12 +32,16 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$recipe" ]; then
   exit 0
 fi
 work="$out.partial"
-rm -rf "$out" "$work"
-mkdir -p "$work"
+rm -rf "$work"
+mkdir -p "$work" "$out"
 start=$SECONDS
 "$python" -m pip download --disable-pip-version-check --progress-bar off "${args[@]}" -d "$work" \
   -r "$gateway/requirements.lock" "${build_requires[@]}" >&2
-mv "$work" "$out"
+# Refill the directory rather than replace it: the lab gateway host has it
+# bind-mounted, and a mount keeps pointing at a removed directory.
+find "$out" -mindepth 1 -delete
+mv "$work"/* "$out"/
+rmdir "$work"
 echo "$recipe" > "$stamp"
 echo "gateway wheelhouse complete: $(ls "$out"/*.whl | wc -l) wheels, $(du -sh "$out" | cut -f1), $((SECONDS - start)) s" >&2
 echo "$out"

@@ -20,3 +20,7 @@ resolve "$here" "$here/requirements.lock" "# Exact pins of every runtime depende
 # Regenerate: files/gateway/scripts/lock.sh"
 resolve "$here[test]" "$here/requirements-test.lock" "# Exact pins for the tests (runtime + test deps), Python 3.11/3.12.
 # Regenerate: files/gateway/scripts/lock.sh"
+# redis needs async-timeout below Python 3.11.3 (Debian 12 ships 3.11.2), which a
+# resolve on 3.11.7 leaves out: pin it unconditionally so the offline wheelhouse
+# (`pip download --python-version 3.11`) carries it too.
+grep -q '^async-timeout==' "$here/requirements.lock" || echo "async-timeout==5.0.1" >> "$here/requirements.lock"
