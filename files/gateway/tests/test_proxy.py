@@ -131,7 +131,7 @@ def test_stream_relayed_chunk_by_chunk(cl):
     sock.settimeout(5)
     while b"[DONE]" not in buf:
         d = sock.recv(65536)
-        assert d
+        assert d, f"connection closed after {buf[-300:]!r}; gateway log tail:\n{g.logs()[-3000:]}"
         buf += d
         arrivals.append((time.monotonic(), d.count(b"data: ")))
     sock.close()

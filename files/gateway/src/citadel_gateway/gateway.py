@@ -137,9 +137,8 @@ class State:
                 m.cfg.max_waiting if m.cfg.max_waiting is not None else q.max_waiting,
                 q.wait_timeout_s,
             )
-            if old is not None:  # in-flight requests keep counting against the same model
-                a.inflight = old.inflight
-                old.max_inflight = a.max_inflight
+            if old is not None:  # in-flight and queued requests keep counting against the same queue
+                old.max_inflight, old.max_waiting, old.wait_timeout = a.max_inflight, a.max_waiting, a.wait_timeout
             self.admission[m.name] = old if old is not None else a
 
     def _expand(self, names) -> frozenset[str]:
