@@ -154,7 +154,8 @@ def base_config(chat_urls, embed_urls, **over) -> dict:
                 },
             ],
         },
-        "health": {"interval_s": 0.3, "timeout_s": 1},
+        # timeout 2 s: on a loaded 2-core machine a 1 s probe can time out and flap replicas
+        "health": {"interval_s": 0.3, "timeout_s": 2},
         "circuit": {"failures": 3, "cooldown_s": 0.5},
         "retry": {"attempts": 3, "backoff_base_s": 0.01, "backoff_max_s": 0.05},
         "upstream": {"connect_timeout_s": 1, "total_timeout_s": 5},

@@ -7,7 +7,7 @@ import socket
 import time
 
 import pytest
-from conftest import KEYS
+from conftest import KEYS, wait_ready
 
 
 def err(body: bytes) -> dict:
@@ -243,4 +243,5 @@ def test_client_disconnect_cancels_a_non_streamed_request(cl):
     assert rec["error"] == "client disconnected"
     for s_ in (a, b):
         s_.control(delay=0)
+    wait_ready(g)  # probes that saw the delay may have marked replicas unhealthy meanwhile
     assert g.chat()[0] == 200
