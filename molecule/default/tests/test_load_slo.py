@@ -40,7 +40,8 @@ def rows(path: Path) -> dict[str, dict]:
 
 
 def test_lab_slo_gates_hold_at_ci_load(tmp_path):
-    run, out = load(tmp_path, "--run-time", "45s", "--users", "3", "--spawn-rate", "1")
+    # Two users: both lab SmolLM2 replicas share the same 2 cores, so more users mostly measure contention.
+    run, out = load(tmp_path, "--run-time", "45s", "--users", "2", "--spawn-rate", "1")
     assert run.returncode == 0, out[-5000:]
     assert "SLO gates passed" in out
     stats = rows(tmp_path / "locust_stats.csv")
