@@ -14,7 +14,7 @@ export ANSIBLE_FORCE_COLOR := 0
 export PY_COLORS := 0
 export NO_COLOR := 1
 
-.PHONY: help setup lab lab-down test test-fast lint unit molecule bench-gateway
+.PHONY: help setup lab lab-down test test-fast lint unit molecule bench-gateway load
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -58,6 +58,9 @@ molecule: ## Every Molecule scenario: create, converge, idempotence, verify, des
 test-fast: setup lint unit ## The quick inner loop: everything but Molecule
 
 test: setup lint unit molecule ## Everything CI checks
+
+load: ## Locust against the gateway with the catalog's SLO gates (HOST=, INVENTORY=, ARGS=); reports in reports/load/<time>/
+	@HOST='$(HOST)' INVENTORY='$(INVENTORY)' loadtests/run.sh $(ARGS)
 
 bench-gateway: ## Gateway overhead vs direct and LiteLLM 1.106.2 on a stub upstream (wrk, ~5 min; exit 1 if a target fails)
 	@files/gateway/scripts/venv.sh
