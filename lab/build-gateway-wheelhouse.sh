@@ -12,19 +12,14 @@ mkdir -p "$cache"
 cache=$(cd "$cache" && pwd)
 out="$cache/wheelhouse-gateway"
 stamp="$out/.complete"
-python=${CITADEL_PYTHON311:-$(pyenv root)/versions/3.11.7/bin/python3.11}
+# shellcheck source=lab/wheelhouse-target.sh
+source "$here/wheelhouse-target.sh"
 
 # The build backend named by pyproject.toml ([build-system] requires).
 mapfile -t build_requires < <("$python" -c '
 import sys, tomllib
 print("\n".join(tomllib.load(open(sys.argv[1], "rb"))["build-system"]["requires"]))' "$gateway/pyproject.toml")
 
-platforms=()
-for v in 17 24 26 27 28 31 34 35 36; do
-  platforms+=(--platform "manylinux_2_${v}_x86_64")
-done
-platforms+=(--platform manylinux2014_x86_64 --platform any)
-args=(--only-binary=:all: --python-version 3.11 "${platforms[@]}")
 recipe="$(sha256sum "$gateway/requirements.lock" | cut -c1-16) ${build_requires[*]} ${args[*]}"
 
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$recipe" ]; then

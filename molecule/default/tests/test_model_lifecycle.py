@@ -23,20 +23,14 @@ HOSTS = {name: testinfra.get_host(f"podman://{name}") for name in lab_inventory.
 REPLICAS = [(host, model["name"]) for host, model in lab_inventory.served_models()]
 
 
-def converge(catalog: list[dict], tmp_path: Path) -> str:
+def converge(
+    catalog: list[dict], tmp_path: Path, playbook: str = "playbooks/llm_hosts.yml", tags: str = "python_runtime,vllm"
+) -> str:
+    """Run `playbook` (only `tags`) against the live lab with `catalog` in place of the lab's."""
     extra = tmp_path / "catalog.json"
     extra.write_text(json.dumps({"citadel_models": catalog}))
     run = subprocess.run(
-        [
-            "ansible-playbook",
-            "-i",
-            "inventory/lab",
-            "playbooks/llm_hosts.yml",
-            "--tags",
-            "python_runtime,vllm",
-            "-e",
-            f"@{extra}",
-        ],
+        ["ansible-playbook", "-i", "inventory/lab", playbook, "--tags", tags, "-e", f"@{extra}"],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -105,25 +99,7 @@ def test_removed_model_is_stopped_disabled_and_removed(converge_edited):
 
 def _monitoring(catalog: list[dict], tmp_path: Path) -> None:
     """Run the Prometheus part of playbooks/monitoring.yml with `catalog`."""
-    extra = tmp_path / "monitoring-catalog.json"
-    extra.write_text(json.dumps({"citadel_models": catalog}))
-    run = subprocess.run(
-        [
-            "ansible-playbook",
-            "-i",
-            "inventory/lab",
-            "playbooks/monitoring.yml",
-            "--tags",
-            "prometheus",
-            "-e",
-            f"@{extra}",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    converge(catalog, tmp_path, "playbooks/monitoring.yml", "prometheus")
 
 
 def _vllm_targets_of(model: str, host) -> tuple[list, list]:
