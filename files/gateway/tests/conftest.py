@@ -187,12 +187,14 @@ def shared_cluster(tmp_path_factory):
     """Like ``cluster`` but started once per module; tests must not kill its processes."""
     made = [Stub(["chat-a"]), Stub(["chat-a"]), Stub(["embed-a"])]
     a, b, e = made
-    g = Gateway(tmp_path_factory.mktemp("gw"), base_config([a.url, b.url], [e.url]))
+    g = None
     try:
+        g = Gateway(tmp_path_factory.mktemp("gw"), base_config([a.url, b.url], [e.url]))
         wait_ready(g)
         yield g, a, b, e
     finally:
-        g.stop()
+        if g is not None:
+            g.stop()
         for s in made:
             s.kill()
 

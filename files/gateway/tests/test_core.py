@@ -10,7 +10,7 @@ from citadel_gateway import config as C
 from citadel_gateway import selection
 from citadel_gateway.backends import Router
 from citadel_gateway.gateway import usage_tokens
-from citadel_gateway.health import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
+from citadel_gateway.health import CLOSED, HALF_OPEN, OPEN, SLOW_PROBES_TO_EJECT, CircuitBreaker, HealthChecker
 from citadel_gateway.limits import Admission, MemoryLimiter, QueueFull, QueueTimeout
 
 
@@ -173,3 +173,21 @@ def test_usage_found_without_parsing():
     )
     assert usage_tokens(body) == (12, 8)
     assert usage_tokens(b'{"data":[]}') is None
+
+
+def test_a_busy_replica_is_ejected_only_after_repeated_slow_probes():
+    r = _router()
+    a, b = r.get("small").replicas
+    answers = {a: TimeoutError(), b: ConnectionRefusedError("refused")}
+
+    async def fetch(replica, method, path, body, timeout):
+        raise answers[replica]
+
+    checker = HealthChecker(r, fetch, interval=1, timeout=1)
+    for _ in range(SLOW_PROBES_TO_EJECT - 1):
+        asyncio.run(checker.check_once())
+        assert a.healthy, "a probe that only timed out does not eject a busy replica"
+        assert not b.healthy, "a refused connection ejects at once"
+    asyncio.run(checker.check_once())
+    assert not a.healthy
+    assert a.reason == "timed out"

@@ -24,6 +24,7 @@ from . import selection
 from .backends import Model, Router
 from .limits import Admission, MemoryLimiter, QueueFull, QueueTimeout, RedisLimiter, retry_after
 from .metrics import OVERHEAD_BUCKETS, Metrics, inc, observe
+from .server import RequestResponseCycle, write_response
 from .upstream import Cancel, ConnectError, Pool, Refused, UpstreamError, UpstreamTimeout
 
 log = logging.getLogger("citadel_gateway")
@@ -427,9 +428,10 @@ class Gateway:
 
         # Under GatewayHttpProtocol (server.py) a client disconnect fires info.cancel directly.
         cycle = getattr(receive, "__self__", None)
-        if cycle is not None and hasattr(cycle, "__dict__"):
+        if type(cycle) is RequestResponseCycle:
             cycle.citadel_on_disconnect = info.cancel.fire
             info.hooked = True
+            info.cycle = cycle
 
         adm = st.admission[model.name]
         if not adm.try_acquire():
@@ -649,8 +651,10 @@ class Gateway:
                     if u[1]:
                         inc(m.tokens, (model.name, "completion"), u[1])
                 model.observe(up, u[1] if u else None)
-            headers.append((b"content-length", str(len(data)).encode()))
             info.started = True
+            if info.cycle is not None and write_response(info.cycle, status, headers, data):
+                return status
+            headers.append((b"content-length", str(len(data)).encode()))
             await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": data})
             return status
@@ -705,6 +709,7 @@ class _Info:
         "cancel",
         "hooked",
         "auto",
+        "cycle",
     )
 
     def __init__(self) -> None:
@@ -720,6 +725,7 @@ class _Info:
         self.cancel = Cancel()
         self.hooked = False
         self.auto = None
+        self.cycle = None
 
 
 async def _watch_disconnect(receive, cancel: Cancel) -> None:

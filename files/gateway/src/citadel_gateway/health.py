@@ -117,6 +117,13 @@ async def probe(
     return None
 
 
+SLOW_PROBES_TO_EJECT = 3
+
+
+def _is_timeout(reason: str) -> bool:
+    return reason == "timed out" or reason.startswith("UpstreamTimeout")
+
+
 class HealthChecker:
     """Runs ``probe`` for every replica every ``interval`` seconds."""
 
@@ -126,6 +133,7 @@ class HealthChecker:
         self.interval = interval
         self.timeout = timeout
         self._task: asyncio.Task | None = None
+        self._slow: dict[Replica, int] = {}  # consecutive timed-out probes per replica
         self.rounds = 0  # completed check rounds; /ready waits for the first one
 
     async def check_once(self) -> None:
@@ -138,7 +146,18 @@ class HealthChecker:
 
     async def _check(self, name: str, caps: tuple[str, ...], r: Replica) -> None:
         reason = await probe(r, name, caps, self.fetch, self.timeout)
-        r.set_health(reason is None, reason)
+        if reason is None:
+            self._slow.pop(r, None)
+            r.set_health(True, None)
+            return
+        # A probe that only timed out is what a busy replica looks like (a CPU server
+        # working through a batch): eject it after SLOW_PROBES_TO_EJECT such rounds in a
+        # row, not one. Any other failure (refused, 5xx, model not listed) ejects at once.
+        if _is_timeout(reason):
+            self._slow[r] = self._slow.get(r, 0) + 1
+            if self._slow[r] < SLOW_PROBES_TO_EJECT:
+                return
+        r.set_health(False, reason)
 
     async def _run(self) -> None:
         while True:

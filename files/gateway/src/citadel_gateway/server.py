@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
+
+__all__ = ["GatewayHttpProtocol", "RequestResponseCycle", "write_response"]
 
 
 class _CoalescingTransport:
@@ -66,3 +68,28 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def connection_made(self, transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self.transport = _CoalescingTransport(transport, self.loop)  # type: ignore[assignment]
+
+
+def write_response(cycle, status: int, headers: list, body: bytes) -> bool:
+    """Write a complete, small response in one go on a uvicorn httptools cycle, doing what
+    uvicorn's two ``send()`` calls would (status line, default headers, keep-alive, completion
+    callbacks) minus the per-header validation: our headers come from httptools' parser or our
+    own code. Returns False (caller uses ``send``) when the cycle is not in a plain state."""
+    if cycle.response_started or cycle.disconnected or cycle.flow.write_paused:
+        return False
+    parts = [STATUS_LINE[status]]
+    for n, v in cycle.default_headers:
+        parts += (n, b": ", v, b"\r\n")
+    for n, v in headers:
+        parts += (n, b": ", v, b"\r\n")
+    if not cycle.keep_alive:
+        parts.append(b"connection: close\r\n")
+    parts += (b"content-length: ", str(len(body)).encode(), b"\r\n\r\n", body)
+    cycle.response_started = True
+    cycle.response_complete = True
+    cycle.transport.write(b"".join(parts))
+    cycle.message_event.set()
+    if not cycle.keep_alive:
+        cycle.transport.close()
+    cycle.on_response()
+    return True
