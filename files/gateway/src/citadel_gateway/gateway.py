@@ -25,7 +25,12 @@ from .backends import Model, Router
 from .limits import Admission, MemoryLimiter, QueueFull, QueueTimeout, RedisLimiter, retry_after
 from .metrics import OVERHEAD_BUCKETS, Metrics, inc, observe
 from .server import RequestResponseCycle, write_response
-from .upstream import Cancel, ConnectError, Pool, Refused, UpstreamError, UpstreamTimeout
+from .upstream import Cancel, Pool, Refused, UpstreamError, UpstreamTimeout
+
+# Upstream answers worth another replica before anything reached the client: vLLM says
+# 500 when its engine died under a request (a replica being stopped), 502/503 when busy
+# or starting.
+_RETRY_STATUSES = frozenset((500, 502, 503))
 
 log = logging.getLogger("citadel_gateway")
 
@@ -554,19 +559,16 @@ class Gateway:
                     return await _send_error(
                         send, 504, f"upstream {model.name} timed out", "upstream_timeout", info.rid
                     )
+                # Nothing reached the client yet, whether or not the request reached the
+                # upstream: inference has no side effects, so another replica may answer it
+                # (a replica stopped mid-request resets the connection before any response).
                 r.breaker.failure(hard=isinstance(e, Refused))
-                if not isinstance(e, ConnectError):
-                    # the request may have been processed: only retry when it never reached the upstream
-                    r.outstanding -= 1
-                    info.error = str(e)
-                    info.upstream_s = time.perf_counter() - t_up
-                    return await _send_error(send, 502, f"upstream {model.name} failed", "upstream_error", info.rid)
                 err = e
             except BaseException:
                 r.outstanding -= 1
                 r.breaker.release()
                 raise
-            if err is None and resp.status in (502, 503) and attempts + 1 < retry.attempts:
+            if err is None and resp.status in _RETRY_STATUSES and attempts + 1 < retry.attempts:
                 resp.close()
                 r.breaker.failure()
                 err = UpstreamError(f"upstream answered {resp.status}")

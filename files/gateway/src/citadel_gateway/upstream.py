@@ -18,7 +18,7 @@ import httptools
 
 
 class UpstreamError(Exception):
-    """Upstream failed after the request may have reached it."""
+    """Upstream failed (the request may or may not have reached it)."""
 
 
 class ConnectError(UpstreamError):
