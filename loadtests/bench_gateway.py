@@ -73,38 +73,39 @@ def _children_map() -> dict[int, list[int]]:
     return kids
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime+stime of pid and all its live descendants, plus reaped children (cutime+cstime)."""
+def _tree(pid: int) -> list[int]:
+    """pid and all its live descendants."""
     kids = _children_map()
-    total = 0
-    todo = [pid]
+    found, todo = [], [pid]
     while todo:
         p = todo.pop()
-        try:
-            with open(f"/proc/{p}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
+        found.append(p)
+        todo.extend(kids.get(p, []))
+    return found
+
+
+def _read(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:  # the process ended meanwhile
+        return None
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime+stime of pid and all its live descendants, plus reaped children (cutime+cstime)."""
+    total = 0
+    for stat in filter(None, (_read(f"/proc/{p}/stat") for p in _tree(pid))):
         fields = stat[stat.rindex(b")") + 2 :].split()
         # fields[11..14] = utime stime cutime cstime (stat fields 14-17)
         total += sum(int(x) for x in fields[11:15])
-        todo.extend(kids.get(p, []))
     return total / CLK_TCK
 
 
 def rss_mib(pid: int) -> float:
-    kids = _children_map()
-    total = 0
-    todo = [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            with open(f"/proc/{p}/statm") as f:
-                total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except OSError:
-            continue
-        todo.extend(kids.get(p, []))
-    return total / 2**20
+    page = os.sysconf("SC_PAGE_SIZE")
+    statms = filter(None, (_read(f"/proc/{p}/statm") for p in _tree(pid)))
+    return sum(int(statm.split()[1]) * page for statm in statms) / 2**20
 
 
 class Service:
