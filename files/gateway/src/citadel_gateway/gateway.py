@@ -19,12 +19,13 @@ import re
 import sys
 import time
 
+from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+
 from . import config as C
 from . import selection
 from .backends import Model, Router
 from .limits import Admission, MemoryLimiter, QueueFull, QueueTimeout, RedisLimiter, retry_after
 from .metrics import OVERHEAD_BUCKETS, Metrics, inc, observe
-from .server import RequestResponseCycle, write_response
 from .upstream import Cancel, Pool, Refused, UpstreamError, UpstreamTimeout
 
 # Upstream answers worth another replica before anything reached the client: vLLM says
@@ -242,17 +243,27 @@ class Gateway:
 
     # -- the hot path ------------------------------------------------------------------
     async def __call__(self, scope, receive, send) -> None:
-        endpoint = HOT[scope["path"]]
+        """ASGI entry to the hot path, for what our protocol hands to ASGI (pipelined requests,
+        ``Expect: 100-continue``, HTTP/1.0, other methods) and for other ASGI servers. Plain
+        requests on our protocol (server.py) reach ``serve`` without ASGI."""
+        out = AsgiResponder(receive, send)
+        body = await out.read_body(self.state.cfg.server.max_body_bytes) if scope["method"] == "POST" else b""
+        await self.serve(scope["method"], scope["path"], scope["headers"], body, out)
+
+    async def serve(self, method: str, path: str, headers, body, out) -> None:
+        """Answer one request on a hot path. ``body`` is the whole body, or TOO_LARGE / GONE;
+        ``out`` writes the answer (server.HotCycle or AsgiResponder)."""
+        endpoint = HOT[path]
         t0 = time.perf_counter()
         st = self.state
         info = _Info()
         try:
-            status = await self._handle(scope, receive, send, endpoint, st, info, t0)
+            status = await self._handle(method, path, headers, body, out, endpoint, st, info, t0)
         except Exception:  # noqa: BLE001 - a gateway bug: log it, answer without a stack trace
-            log.exception("internal error on %s", scope["path"])
+            log.exception("internal error on %s", path)
             status = 500
             if not info.started:
-                await _send_error(send, 500, "internal gateway error", "internal_error", info.rid)
+                await _send_error(out, 500, "internal gateway error", "internal_error", info.rid)
         dt = time.perf_counter() - t0
         m = self.metrics
         model = info.model or "unknown"
@@ -271,21 +282,15 @@ class Gateway:
                 f'"duration_ms":{dt * 1000:.2f},"replica":{_q(info.replica)},"retries":{info.retries}{err}}}'
             )
 
-    async def _handle(self, scope, receive, send, endpoint: str, st: State, info: _Info, t0: float) -> int:
+    async def _handle(self, method, path, headers, body, out, endpoint: str, st: State, info: _Info, t0: float) -> int:
         auth = xkey = rid = task = priority = None
-        clen = -1
-        for k, v in scope["headers"]:
+        for k, v in headers:
             if k == b"authorization":
                 auth = v
             elif k == b"x-api-key":
                 xkey = v
             elif k == b"x-request-id":
                 rid = v
-            elif k == b"content-length":
-                try:
-                    clen = int(v)
-                except ValueError:
-                    clen = -1
             elif k == b"x-task":
                 task = v
             elif k == b"x-priority":
@@ -293,11 +298,11 @@ class Gateway:
         if rid is None or not _RID_OK.match(rid):
             rid = (self._rid_prefix + format(next(self._rid), "x")).encode()
         info.rid = rid
-        if scope["method"] != "POST":
+        if method != "POST":
             return await _send_error(
-                send,
+                out,
                 405,
-                f"method {scope['method']} not allowed; use POST",
+                f"method {method} not allowed; use POST",
                 "method_not_allowed",
                 rid,
                 ((b"allow", b"POST"),),
@@ -314,7 +319,7 @@ class Gateway:
                 token = xkey.strip()
             if not token:
                 return await self._reject(
-                    send,
+                    out,
                     401,
                     "missing API key (Authorization: Bearer or X-API-Key)",
                     "missing_api_key",
@@ -325,43 +330,23 @@ class Gateway:
             digest = hashlib.sha256(token).hexdigest()
             key = st.keys.get(digest)
             if key is None or not hmac.compare_digest(key.sha256, digest):
-                return await self._reject(send, 401, "invalid API key", "invalid_api_key", rid, None, "unauthorized")
+                return await self._reject(out, 401, "invalid API key", "invalid_api_key", rid, None, "unauthorized")
             info.key = key.name
 
-        # body (bounded)
-        limit = cfg.server.max_body_bytes
-        if clen > limit:
-            return await _send_error(send, 413, f"request body over {limit} bytes", "body_too_large", rid)
-        msg = await receive()
-        body = msg.get("body", b"")
-        if msg.get("more_body"):
-            parts = [body]
-            size = len(body)
-            while True:
-                msg = await receive()
-                if msg["type"] == "http.disconnect":
-                    return 499
-                chunk = msg.get("body", b"")
-                size += len(chunk)
-                if size > limit:
-                    return await _send_error(send, 413, f"request body over {limit} bytes", "body_too_large", rid)
-                parts.append(chunk)
-                if not msg.get("more_body"):
-                    break
-            body = b"".join(parts)
-        elif msg["type"] == "http.disconnect":
+        if body is TOO_LARGE:
+            limit = cfg.server.max_body_bytes
+            return await _send_error(out, 413, f"request body over {limit} bytes", "body_too_large", rid)
+        if body is GONE:
             return 499
-        if len(body) > limit:
-            return await _send_error(send, 413, f"request body over {limit} bytes", "body_too_large", rid)
         try:
             obj = json.loads(body.decode())  # str: skips json's encoding detection
         except (ValueError, UnicodeDecodeError):
-            return await _send_error(send, 400, "request body is not valid JSON", "invalid_json", rid)
+            return await _send_error(out, 400, "request body is not valid JSON", "invalid_json", rid)
         if not isinstance(obj, dict):
-            return await _send_error(send, 400, "request body must be a JSON object", "invalid_request", rid)
+            return await _send_error(out, 400, "request body must be a JSON object", "invalid_request", rid)
         name = obj.get("model")
         if not isinstance(name, str) or not name:
-            return await _send_error(send, 400, "'model' is required and must be a string", "invalid_model", rid)
+            return await _send_error(out, 400, "'model' is required and must be a string", "invalid_model", rid)
         stream = obj.get("stream") is True
 
         router = st.router
@@ -381,7 +366,7 @@ class Gateway:
             if model is None:
                 info.model = "auto"
                 return await self._reject(
-                    send,
+                    out,
                     503,
                     f"no healthy model offers {t}",
                     "no_replica",
@@ -394,13 +379,13 @@ class Gateway:
         else:
             model = router.get(name)
             if model is None:
-                return await _send_error(send, 404, f"model {name!r} does not exist", "model_not_found", rid)
+                return await _send_error(out, 404, f"model {name!r} does not exist", "model_not_found", rid)
         info.model = model.name
         if key is not None:
             allowed = st.allowed[key.name]
             if allowed is not None and model.name not in allowed:
                 return await self._reject(
-                    send,
+                    out,
                     403,
                     f"key {key.name!r} may not use model {model.name!r}",
                     "model_not_allowed",
@@ -418,7 +403,7 @@ class Gateway:
                     wait = 0.0
             if wait > 0:
                 return await self._reject(
-                    send,
+                    out,
                     429,
                     "rate limit exceeded",
                     "rate_limited",
@@ -431,12 +416,8 @@ class Gateway:
             obj["model"] = model.name
             body = json.dumps(obj, separators=(",", ":")).encode()
 
-        # Under GatewayHttpProtocol (server.py) a client disconnect fires info.cancel directly.
-        cycle = getattr(receive, "__self__", None)
-        if type(cycle) is RequestResponseCycle:
-            cycle.citadel_on_disconnect = info.cancel.fire
-            info.hooked = True
-            info.cycle = cycle
+        # On our protocol (server.py) a client disconnect fires info.cancel directly.
+        info.hooked = out.hook_disconnect(info.cancel.fire)
 
         adm = st.admission[model.name]
         if not adm.try_acquire():
@@ -444,7 +425,7 @@ class Gateway:
                 await adm.acquire()
             except QueueFull:
                 return await self._reject(
-                    send,
+                    out,
                     429,
                     f"model {model.name} queue is full",
                     "queue_full",
@@ -455,7 +436,7 @@ class Gateway:
                 )
             except QueueTimeout:
                 return await self._reject(
-                    send,
+                    out,
                     503,
                     f"timed out waiting for a slot on {model.name}",
                     "queue_timeout",
@@ -465,24 +446,22 @@ class Gateway:
                     ((b"retry-after", b"1"),),
                 )
         try:
-            return await self._forward(scope, receive, send, endpoint, st, info, model, obj, body, stream, chosen, t0)
+            return await self._forward(path, out, endpoint, st, info, model, obj, body, stream, chosen, t0)
         finally:
             adm.release()
 
-    async def _reject(self, send, status, message, code, rid, model, reason, headers=()):
+    async def _reject(self, out, status, message, code, rid, model, reason, headers=()):
         m = self.metrics
         inc(m.rejections, (model or "unknown", reason))
-        return await _send_error(send, status, message, code, rid, headers)
+        return await _send_error(out, status, message, code, rid, headers)
 
-    async def _forward(
-        self, scope, receive, send, endpoint, st, info, model: Model, obj, body, stream, chosen, t0
-    ) -> int:
+    async def _forward(self, path, out, endpoint, st, info, model: Model, obj, body, stream, chosen, t0) -> int:
         loop = asyncio.get_running_loop()
         cfg = st.cfg
         router = st.router
         retry = cfg.retry
         deadline = loop.time() + model.timeout_s
-        path = scope["path"].encode()
+        path = path.encode()
         tried: list = []
         used_fallbacks = {model.name}
         attempts = 0
@@ -510,7 +489,7 @@ class Gateway:
                 if fb is None:
                     info.error = "no healthy replica"
                     return await self._reject(
-                        send,
+                        out,
                         503,
                         f"no healthy replica for {model.name}",
                         "no_replica",
@@ -556,9 +535,7 @@ class Gateway:
                     r.breaker.failure()
                     info.error = str(e)
                     info.upstream_s = time.perf_counter() - t_up
-                    return await _send_error(
-                        send, 504, f"upstream {model.name} timed out", "upstream_timeout", info.rid
-                    )
+                    return await _send_error(out, 504, f"upstream {model.name} timed out", "upstream_timeout", info.rid)
                 # Nothing reached the client yet, whether or not the request reached the
                 # upstream: inference has no side effects, so another replica may answer it
                 # (a replica stopped mid-request resets the connection before any response).
@@ -580,7 +557,7 @@ class Gateway:
                 if attempts >= retry.attempts or loop.time() >= deadline:
                     info.upstream_s = time.perf_counter() - t_up
                     return await _send_error(
-                        send, 502, f"upstream {model.name} unavailable: {err}", "upstream_error", info.rid
+                        out, 502, f"upstream {model.name} unavailable: {err}", "upstream_error", info.rid
                     )
                 info.retries += 1
                 inc(m.retries, (primary.name,))
@@ -594,7 +571,7 @@ class Gateway:
                     )
                     if loop.time() + delay >= deadline:
                         return await _send_error(
-                            send, 504, f"upstream {model.name} deadline exceeded", "upstream_timeout", info.rid
+                            out, 504, f"upstream {model.name} deadline exceeded", "upstream_timeout", info.rid
                         )
                     await asyncio.sleep(delay)
                     tried = []
@@ -603,11 +580,11 @@ class Gateway:
         # response head received from replica r
         info.error = None
         try:
-            return await self._relay(receive, send, endpoint, info, model, r, resp, stream, chosen, t0, t_up)
+            return await self._relay(out, endpoint, info, model, r, resp, stream, chosen, t0, t_up)
         finally:
             r.outstanding -= 1
 
-    async def _relay(self, receive, send, endpoint, info, model, r, resp, stream, chosen, t0, t_up) -> int:
+    async def _relay(self, out, endpoint, info, model, r, resp, stream, chosen, t0, t_up) -> int:
         status = resp.status
         headers = [(b"x-request-id", info.rid)]
         if chosen or info.model_served:
@@ -629,14 +606,12 @@ class Gateway:
                     return 499
                 r.breaker.failure()
                 if isinstance(e, UpstreamTimeout):
-                    return await _send_error(
-                        send, 504, f"upstream {model.name} timed out", "upstream_timeout", info.rid
-                    )
+                    return await _send_error(out, 504, f"upstream {model.name} timed out", "upstream_timeout", info.rid)
                 resp.close()
                 info.error = str(e)
                 info.upstream_s = time.perf_counter() - t_up
                 return await _send_error(
-                    send, 502, f"upstream {model.name} failed mid-response", "upstream_error", info.rid
+                    out, 502, f"upstream {model.name} failed mid-response", "upstream_error", info.rid
                 )
             resp.close()
             up = time.perf_counter() - t_up
@@ -654,18 +629,14 @@ class Gateway:
                         inc(m.tokens, (model.name, "completion"), u[1])
                 model.observe(up, u[1] if u else None)
             info.started = True
-            if info.cycle is not None and write_response(info.cycle, status, headers, data):
-                return status
-            headers.append((b"content-length", str(len(data)).encode()))
-            await send({"type": "http.response.start", "status": status, "headers": headers})
-            await send({"type": "http.response.body", "body": data})
+            await out.whole(status, headers, data)
             return status
         # streaming: relay every chunk as it arrives; no retry once anything went out
         info.started = True
         info.upstream_s = time.perf_counter() - t_up  # upstream wait until the head; the rest is relaying
-        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await out.start(status, headers)
         cancel = info.cancel
-        watcher = None if info.hooked else asyncio.get_running_loop().create_task(_watch_disconnect(receive, cancel))
+        watcher = None if info.hooked else asyncio.get_running_loop().create_task(out.watch_disconnect(cancel))
         first = True
         ok = True
         try:
@@ -683,9 +654,9 @@ class Gateway:
                 if first:
                     first = False
                     observe(m.ttfb, (model.name, endpoint), time.perf_counter() - t0)
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                await out.chunk(chunk)
             if not cancel.fired:
-                await send({"type": "http.response.body", "body": b""})
+                await out.end()
         finally:
             if watcher is not None:
                 watcher.cancel()
@@ -711,7 +682,6 @@ class _Info:
         "cancel",
         "hooked",
         "auto",
-        "cycle",
     )
 
     def __init__(self) -> None:
@@ -727,24 +697,82 @@ class _Info:
         self.cancel = Cancel()
         self.hooked = False
         self.auto = None
-        self.cycle = None
 
 
-async def _watch_disconnect(receive, cancel: Cancel) -> None:
-    """For ASGI servers other than ours: wait for http.disconnect, then drop the upstream socket."""
-    while True:
-        msg = await receive()
-        if msg["type"] == "http.disconnect":
-            cancel.fire()
-            return
+class _Marker:
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
 
 
-async def _send_error(send, status: int, message: str, code: str, rid, headers=()) -> int:
-    body = error_body(status, message, code)
-    h = [_JSON_CT, (b"content-length", str(len(body)).encode())]
+TOO_LARGE = _Marker("TOO_LARGE")  # the body went over server.max_body_bytes (its rest was dropped)
+GONE = _Marker("GONE")  # the client left before its body was complete
+
+
+class AsgiResponder:
+    """The hot path's output over plain ASGI ``send``/``receive`` (server.HotCycle is the same
+    interface written straight to the socket)."""
+
+    __slots__ = ("receive", "send")
+
+    def __init__(self, receive, send) -> None:
+        self.receive = receive
+        self.send = send
+
+    async def read_body(self, limit: int):
+        parts = []
+        size = 0
+        while True:
+            msg = await self.receive()
+            if msg["type"] == "http.disconnect":
+                return GONE
+            chunk = msg.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                return TOO_LARGE
+            parts.append(chunk)
+            if not msg.get("more_body"):
+                return b"".join(parts)
+
+    def hook_disconnect(self, callback) -> bool:
+        """On uvicorn's cycle under GatewayHttpProtocol, a disconnect calls ``callback`` at once;
+        elsewhere (False) the stream relay watches ``receive`` instead."""
+        cycle = getattr(self.receive, "__self__", None)
+        if type(cycle) is RequestResponseCycle:
+            cycle.citadel_on_disconnect = callback
+            return True
+        return False
+
+    async def whole(self, status: int, headers: list, body: bytes) -> None:
+        headers = [*headers, (b"content-length", str(len(body)).encode())]
+        await self.send({"type": "http.response.start", "status": status, "headers": headers})
+        await self.send({"type": "http.response.body", "body": body})
+
+    async def start(self, status: int, headers: list) -> None:
+        await self.send({"type": "http.response.start", "status": status, "headers": headers})
+
+    async def chunk(self, data: bytes) -> None:
+        await self.send({"type": "http.response.body", "body": data, "more_body": True})
+
+    async def end(self) -> None:
+        await self.send({"type": "http.response.body", "body": b""})
+
+    async def watch_disconnect(self, cancel: Cancel) -> None:
+        while True:
+            msg = await self.receive()
+            if msg["type"] == "http.disconnect":
+                cancel.fire()
+                return
+
+
+async def _send_error(out, status: int, message: str, code: str, rid, headers=()) -> int:
+    h = [_JSON_CT]
     if rid:
         h.append((b"x-request-id", rid))
     h.extend(headers)
-    await send({"type": "http.response.start", "status": status, "headers": h})
-    await send({"type": "http.response.body", "body": body})
+    await out.whole(status, h, error_body(status, message, code))
     return status

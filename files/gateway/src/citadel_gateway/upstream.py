@@ -201,7 +201,8 @@ class _Conn(asyncio.Protocol):
         self.resp = r = Response(self)
         self.complete = False
         self.got_bytes = False
-        self.parser = httptools.HttpResponseParser(self)
+        if self.parser is None:  # one parser per connection: llhttp resets after each complete response
+            self.parser = httptools.HttpResponseParser(self)
         self.head_waiter = self.loop.create_future()
         # Deadlines are checked by the pool's ticker (every 50 ms): a timer per request cost more.
         self.deadline = deadline
