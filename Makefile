@@ -28,6 +28,7 @@ setup: ## Install podman, the lab image, the apt proxy, the pinned tooling (.ven
 	@lab/gateway-api-key.sh >/dev/null
 	@lab/build-gateway-wheelhouse.sh >/dev/null
 	@files/gateway/scripts/venv.sh
+	@loadtests/bench/venv.sh
 
 lab: setup ## Bring up the lab hosts and run site.yml against them (kept up)
 	@# Molecule remembers "created" even if the containers went away (a `make test`

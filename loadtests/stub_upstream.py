@@ -4,8 +4,12 @@
 It answers like a vLLM OpenAI server (/health, /v1/models, /v1/chat/completions,
 /v1/completions; JSON with `usage`, or SSE chunks spaced by a fixed interval) but
 does no work, so that what a benchmark measures in front of it is the proxy.
-Raw asyncio protocol (uvloop when installed): a web framework here would make the
-instrument slower than the thing it measures (LAB.md: 11-14 k req/s direct at c=64).
+Two servers for the same answers:
+- ``--server raw`` (default here): a raw asyncio protocol (uvloop when installed), ~30 k req/s
+  on one core, 2-3x faster than the stub behind LAB.md's reference figures;
+- ``--server aiohttp``: aiohttp.web, ~11-14 k req/s and p50 ~0.17 ms at one connection, like
+  LAB.md's stub; bench_gateway.py uses it by default so that its shares of direct throughput
+  are comparable with LAB.md's (its bare-proxy row checks that calibration in every run).
 
     python loadtests/stub_upstream.py --port 18001 --model bench-model --chunk-interval-ms 10
 """
@@ -239,38 +243,44 @@ class StubProtocol(asyncio.Protocol):
                 b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n"
                 b"transfer-encoding: chunked\r\n" + (b"" if keep_alive else b"connection: close\r\n") + b"\r\n"
             )
-            words = ANSWER.split()
-            created = int(time.time())
-            for i in range(cfg.chunks):
-                if i:
+            for i, event in enumerate(stream_events(cfg, model, chat, usage)):
+                if i and i < cfg.chunks:
                     await asyncio.sleep(cfg.interval_s)
                 if t.is_closing():
                     return
-                word = words[i % len(words)] + " "
-                if chat:
-                    delta = {"role": "assistant", "content": ""} if i == 0 else {"content": word}
-                    choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}
-                    obj = "chat.completion.chunk"
-                else:
-                    choice = {"index": 0, "text": word, "logprobs": None, "finish_reason": None}
-                    obj = "text_completion"
-                if i == cfg.chunks - 1:
-                    choice["finish_reason"] = "stop"
-                event = {"id": "chatcmpl-stub", "object": obj, "created": created, "model": model, "choices": [choice]}
-                _write_event(t, b"data: " + json.dumps(event).encode() + b"\n\n")
-            if usage:
-                n = max(cfg.chunks - 1, 0)
-                u = {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": n, "total_tokens": PROMPT_TOKENS + n}
-                event = {"id": "chatcmpl-stub", "object": obj, "created": created, "model": model, "choices": []}
-                event["usage"] = u
-                _write_event(t, b"data: " + json.dumps(event).encode() + b"\n\n")
-            _write_event(t, b"data: [DONE]\n\n")
+                _write_event(t, event)
             t.write(b"0\r\n\r\n")
             if not keep_alive:
                 t.close()
         finally:
             self.streaming = None
         self._drain_pending()
+
+
+def stream_events(cfg: Config, model: str, chat: bool, usage: bool):
+    """The SSE events of one stream, as vLLM sends them: cfg.chunks deltas (the caller spaces
+    them cfg.interval_s apart), an optional usage event, then [DONE]."""
+    words = ANSWER.split()
+    created = int(time.time())
+    obj = "chat.completion.chunk" if chat else "text_completion"
+    for i in range(cfg.chunks):
+        word = words[i % len(words)] + " "
+        if chat:
+            delta = {"role": "assistant", "content": ""} if i == 0 else {"content": word}
+            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}
+        else:
+            choice = {"index": 0, "text": word, "logprobs": None, "finish_reason": None}
+        if i == cfg.chunks - 1:
+            choice["finish_reason"] = "stop"
+        event = {"id": "chatcmpl-stub", "object": obj, "created": created, "model": model, "choices": [choice]}
+        yield b"data: " + json.dumps(event).encode() + b"\n\n"
+    if usage:
+        n = max(cfg.chunks - 1, 0)
+        u = {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": n, "total_tokens": PROMPT_TOKENS + n}
+        event = {"id": "chatcmpl-stub", "object": obj, "created": created, "model": model, "choices": []}
+        event["usage"] = u
+        yield b"data: " + json.dumps(event).encode() + b"\n\n"
+    yield b"data: [DONE]\n\n"
 
 
 def _write_event(t: asyncio.Transport, data: bytes) -> None:
@@ -294,6 +304,55 @@ async def serve(args: argparse.Namespace) -> None:
                 proto.transport.abort()
 
 
+async def serve_aiohttp(args: argparse.Namespace) -> None:
+    from aiohttp import web  # noqa: PLC0415 - only this server needs it
+
+    cfg = Config(args.model or ["bench-model"], args.chunks, args.chunk_interval_ms / 1000)
+
+    async def models(request: web.Request) -> web.Response:
+        return web.Response(body=cfg.models_body, content_type="application/json")
+
+    async def completion(request: web.Request) -> web.StreamResponse:
+        try:
+            req = json.loads(await request.read())
+            model = req.get("model", cfg.models[0])
+            stream = bool(req.get("stream"))
+            usage = bool((req.get("stream_options") or {}).get("include_usage"))
+        except (ValueError, AttributeError):
+            return web.Response(status=400, body=b'{"error":"invalid JSON"}', content_type="application/json")
+        chat = request.path == "/v1/chat/completions"
+        if not stream:
+            out = (cfg.chat_body if chat else cfg.completion_body).get(model)
+            if out is None:
+                return web.Response(status=404, body=b'{"error":{"message":"model not found"}}')
+            return web.Response(body=out, content_type="application/json")
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        for i, event in enumerate(stream_events(cfg, model, chat, usage)):
+            if i and i < cfg.chunks:
+                await asyncio.sleep(cfg.interval_s)
+            await resp.write(event)
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/health", lambda r: web.Response(body=b"{}", content_type="application/json"))
+    app.router.add_get("/v1/models", models)
+    app.router.add_post("/v1/chat/completions", completion)
+    app.router.add_post("/v1/completions", completion)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    await web.TCPSite(runner, args.host, args.port, backlog=4096, reuse_address=True).start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"stub upstream (aiohttp) on http://{args.host}:{args.port} models={cfg.models}", flush=True)
+    await stop.wait()
+    await runner.cleanup()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--host", default="127.0.0.1")
@@ -301,6 +360,7 @@ def main() -> None:
     p.add_argument("--model", action="append", help="served model name (repeatable; default bench-model)")
     p.add_argument("--chunks", type=int, default=20, help="SSE data events per stream (before [DONE])")
     p.add_argument("--chunk-interval-ms", type=float, default=10.0, help="time between SSE events")
+    p.add_argument("--server", choices=("raw", "aiohttp"), default="raw", help="see the module docstring")
     args = p.parse_args()
     try:
         import uvloop  # optional: ~1.5x the requests/s of the default loop
@@ -308,7 +368,7 @@ def main() -> None:
         run = uvloop.run
     except ImportError:
         run = asyncio.run
-    run(serve(args))
+    run(serve(args) if args.server == "raw" else serve_aiohttp(args))
 
 
 if __name__ == "__main__":

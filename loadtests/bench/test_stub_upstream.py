@@ -1,12 +1,14 @@
 """The bench's measuring instrument answers like a vLLM OpenAI server, and fast.
 
-Run: .venv/bin/pytest loadtests/bench  (stdlib only; starts the real stub on a free port).
+Run: .venv/bin/pytest loadtests/bench  (starts the real stub on a free port, once per server:
+"raw" with this Python, "aiohttp" with the bench venv's, which `make setup` creates).
 """
 
 from __future__ import annotations
 
 import http.client
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -16,16 +18,23 @@ from pathlib import Path
 import pytest
 
 STUB = Path(__file__).resolve().parent.parent / "stub_upstream.py"
+CACHE = Path(os.environ.get("CITADEL_CACHE", STUB.parent.parent / ".cache"))
+BENCH_PY = CACHE / "bench-venv/bin/python"
 INTERVAL_MS = 20.0
 CHUNKS = 6
 
 
-@pytest.fixture(scope="module")
-def stub():
+@pytest.fixture(scope="module", params=["raw", "aiohttp"])
+def stub(request):
+    python = sys.executable
+    if request.param == "aiohttp":
+        python = str(BENCH_PY)
+        if not BENCH_PY.exists():
+            pytest.fail(f"{BENCH_PY} missing: run loadtests/bench/venv.sh (make setup does)")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, str(STUB), "--port", str(port), "--model", "m1", "--model", "m2"]
+    cmd = [python, str(STUB), "--port", str(port), "--model", "m1", "--model", "m2", "--server", request.param]
     cmd += ["--chunks", str(CHUNKS), "--chunk-interval-ms", str(INTERVAL_MS)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 10
