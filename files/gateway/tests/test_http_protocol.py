@@ -133,3 +133,23 @@ def test_request_split_across_writes(cl):
     assert status == 200
     assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]+", headers["x-request-id"])
     assert json.loads(data)["object"] == "chat.completion"
+
+
+def test_body_over_limit_is_answered_before_it_ends(cl):
+    """413 as soon as the body passes server.max_body_bytes, not after the client sent all of it;
+    the rest is still read, so the connection stays usable."""
+    g = cl[0]
+    limit = 4 * 1024 * 1024  # the shared cluster's default server.max_body_bytes
+    with socket.create_connection(("127.0.0.1", g.port)) as sock:
+        head = (
+            f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEYS['ops']}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {2 * limit}\r\n\r\n"
+        ).encode()
+        sock.sendall(head + b" " * (limit + 65536))
+        [(status, _, data)] = read_responses(sock, 1, timeout=10)
+        assert status == 413
+        assert json.loads(data)["error"]["code"] == "body_too_large"
+        sock.sendall(b" " * (limit - 65536))  # the rest of the declared body
+        sock.sendall(post())
+        [(status, _, _)] = read_responses(sock, 1, timeout=10)
+        assert status == 200

@@ -85,6 +85,7 @@ class HotCycle:
         "response_complete",
         "disconnected",
         "on_disconnect",
+        "started",
     )
 
     def __init__(self, proto: GatewayHttpProtocol, path: str, headers: list, keep_alive: bool, limit: int) -> None:
@@ -100,13 +101,18 @@ class HotCycle:
         self.response_complete = False
         self.disconnected = False
         self.on_disconnect = None
+        self.started = False
 
-    def add(self, data: bytes) -> None:
+    def add(self, data: bytes) -> bool:
+        """Collect a body part; True when the body just went over the limit (answer now)."""
+        if self.parts is None:
+            return False
         self.size += len(data)
         if self.size > self.limit:
-            self.parts = None  # answered with 413; the rest is read and dropped
-        elif self.parts is not None:
-            self.parts.append(data)
+            self.parts = None  # the rest is read and dropped (closing with unread bytes would reset the 413)
+            return True
+        self.parts.append(data)
+        return False
 
     def body(self):
         p = self.parts
@@ -286,16 +292,20 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     def on_body(self, body: bytes) -> None:
         cycle = self.cycle
-        if type(cycle) is HotCycle:
-            cycle.add(body)
-        else:
+        if type(cycle) is not HotCycle:
             super().on_body(body)
+        elif cycle.add(body):
+            self._start_hot(cycle)  # over server.max_body_bytes: answer now (auth errors first, then 413)
 
     def on_message_complete(self) -> None:
         cycle = self.cycle
         if type(cycle) is not HotCycle:
             super().on_message_complete()
-            return
+        elif not cycle.started:
+            self._start_hot(cycle)
+
+    def _start_hot(self, cycle: HotCycle) -> None:
+        cycle.started = True
         task = self.loop.create_task(self._serve_hot(cycle))
         task.add_done_callback(self.tasks.discard)
         self.tasks.add(task)  # uvicorn's shutdown waits for these: in-flight requests drain
