@@ -6,7 +6,8 @@ import json
 import threading
 import time
 
-from conftest import KEYS, base_config, wait_ready
+import pytest
+from conftest import KEYS, base_config, free_port, wait_ready
 
 
 def test_401_missing_or_unknown_key(cl):
@@ -88,3 +89,23 @@ def test_admission_queue_full_and_timeout(stubs, gateway):
     text = g.request("GET", "/metrics", key=None)[2].decode()
     assert 'reason="queue_full"' in text
     assert 'reason="queue_timeout"' in text
+
+
+@pytest.mark.parametrize("policy", ["allow", "reject"])
+def test_redis_unreachable_follows_on_redis_error(stubs, gateway, policy):
+    a, e = stubs(["chat-a"]), stubs(["embed-a"])
+    nothing = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    rl = {"backend": "redis", "redis_url": nothing, "on_redis_error": policy}
+    g = gateway(base_config([a.url], [e.url], rate_limit=rl))
+    wait_ready(g)
+    status, headers, body = g.chat(key="limited")
+    metrics = g.request("GET", "/metrics", key=None)[2].decode()
+    assert "llm_rate_limiter_errors_total 1.0" in metrics
+    if policy == "allow":
+        assert status == 200
+        assert "rate limiter unavailable, allowing request" in g.logs()
+    else:
+        assert status == 503
+        assert headers["retry-after"] == "1"
+        assert json.loads(body)["error"]["code"] == "rate_limiter_unavailable"
+        assert 'llm_rejections_total{model="chat-a",reason="limiter_unavailable"} 1.0' in metrics

@@ -85,6 +85,7 @@ def test_documented_example_parses():
         ({"auth__keys__0__models": ["gpt-4"]}, "auth.keys[0].models[0]: unknown model 'gpt-4'"),
         ({"rate_limit__backend": "redis"}, "rate_limit.redis_url: required"),
         ({"rate_limit__backend": "memcached"}, "rate_limit.backend: 'memcached' is not one of"),
+        ({"rate_limit__on_redis_error": "maybe"}, "rate_limit.on_redis_error: 'maybe' is not one of allow, reject"),
         ({"queue__max_inflight": 0}, "queue.max_inflight: must be >= 1"),
         ({"models": []}, "models: at least one model"),
     ],

@@ -50,6 +50,8 @@ class Auth:
 class RateLimit:
     backend: str = "memory"
     redis_url: str | None = None
+    # Redis unreachable: "allow" serves the request (and logs an ERROR), "reject" answers 503.
+    on_redis_error: str = "allow"
 
 
 @dataclass(frozen=True)
@@ -309,7 +311,7 @@ def parse(raw: Any) -> Config:
     names = [k.name for k in keys]
     if len(set(names)) != len(names):
         raise ConfigError("auth.keys: key names must be unique")
-    rl = _map("rate_limit", top.get("rate_limit"), ("backend", "redis_url"))
+    rl = _map("rate_limit", top.get("rate_limit"), ("backend", "redis_url", "on_redis_error"))
     backend = rl.get("backend", "memory")
     if backend not in ("memory", "redis"):
         raise ConfigError(f"rate_limit.backend: {backend!r} is not one of memory, redis")
@@ -318,6 +320,9 @@ def parse(raw: Any) -> Config:
         _str("rate_limit.redis_url", redis_url)
     if backend == "redis" and not redis_url:
         raise ConfigError("rate_limit.redis_url: required when rate_limit.backend is redis")
+    on_redis_error = rl.get("on_redis_error", "allow")
+    if on_redis_error not in ("allow", "reject"):
+        raise ConfigError(f"rate_limit.on_redis_error: {on_redis_error!r} is not one of allow, reject")
     models = tuple(_model(f"models[{i}]", m) for i, m in enumerate(_list("models", top.get("models", []) or [])))
     if not models:
         raise ConfigError("models: at least one model is required")
@@ -337,7 +342,7 @@ def parse(raw: Any) -> Config:
                 raise ConfigError(f"auth.keys[{i}].models[{j}]: unknown model {n!r}")
     return Config(
         auth=Auth(required=required, keys=keys),
-        rate_limit=RateLimit(backend=backend, redis_url=redis_url),
+        rate_limit=RateLimit(backend=backend, redis_url=redis_url, on_redis_error=on_redis_error),
         models=models,
         **sections,
     )

@@ -398,7 +398,20 @@ class Gateway:
             else:
                 try:
                     wait = await self.limiter.take(key.name, key.rpm, key.burst)
-                except Exception as e:  # noqa: BLE001 - Redis down: fail open, loudly
+                except Exception as e:  # noqa: BLE001 - Redis down: rate_limit.on_redis_error decides
+                    inc(self.metrics.limiter_errors, ())
+                    if cfg.rate_limit.on_redis_error == "reject":
+                        log.error("rate limiter unavailable, rejecting request: %s", e)
+                        return await self._reject(
+                            out,
+                            503,
+                            "rate limiter unavailable",
+                            "rate_limiter_unavailable",
+                            rid,
+                            model.name,
+                            "limiter_unavailable",
+                            ((b"retry-after", b"1"),),
+                        )
                     log.error("rate limiter unavailable, allowing request: %s", e)
                     wait = 0.0
             if wait > 0:

@@ -43,6 +43,7 @@ class Metrics:
         self.fallbacks: dict[tuple, float] = {}  # (model, fallback)
         self.rejections: dict[tuple, float] = {}  # (model, reason)
         self.tokens: dict[tuple, float] = {}  # (model, type)
+        self.limiter_errors: dict[tuple, float] = {}  # () : the Redis limiter failed to answer
         self.state = None  # gateway.State, read at scrape time
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
@@ -97,6 +98,12 @@ class Metrics:
         yield self._counter("llm_fallbacks", "Requests sent to a fallback model", ["model", "fallback"], self.fallbacks)
         yield self._counter("llm_rejections", "Rejected requests by reason", ["model", "reason"], self.rejections)
         yield self._counter("llm_tokens_processed", "Tokens reported in upstream usage", ["model", "type"], self.tokens)
+        yield self._counter(
+            "llm_rate_limiter_errors",
+            "Requests whose rate-limit check failed (Redis unreachable)",
+            [],
+            self.limiter_errors,
+        )
         st = self.state
         active = GaugeMetricFamily("llm_active_requests", "Requests being forwarded now", labels=["model"])
         mh = GaugeMetricFamily("llm_model_health", "1 when at least one replica is healthy", labels=["model"])
