@@ -1,8 +1,10 @@
-"""The gateway's state and its hot path: a raw ASGI handler for the three POST endpoints.
+"""The gateway's state and its hot path for the three POST endpoints (``Gateway.serve``).
 
-Dispatched before FastAPI/Starlette (see app.py): no routing tables, middleware or Pydantic
-per request. The state (router, keys, limits, queues) is swapped whole on reload; a request
-keeps the objects it started with, so a reload never disturbs it.
+Plain requests reach ``serve`` straight from our uvicorn protocol (server.py, no ASGI); the
+rest through ``Gateway.__call__``, an ASGI handler dispatched before FastAPI/Starlette (see
+app.py). Either way: no routing tables, middleware or Pydantic per request. The state (router,
+keys, limits, queues) is swapped whole on reload; a request keeps the objects it started with,
+so a reload never disturbs it.
 """
 
 from __future__ import annotations
