@@ -81,6 +81,23 @@ class Config:
             }
         ).encode()
 
+    def answer(self, chat: bool, body: bytes) -> tuple[int, bytes, tuple[str, bool] | None]:
+        """A completion request's answer: (status, JSON body, None), or (200, b"", (model,
+        include_usage)) when it asks for a stream. Parses only what is needed (~5 us)."""
+        try:
+            req = json.loads(body)
+            model = req.get("model", self.models[0])
+            stream = bool(req.get("stream"))
+            usage = bool((req.get("stream_options") or {}).get("include_usage"))
+        except (ValueError, AttributeError):
+            return 400, b'{"error":"invalid JSON"}', None
+        if stream:
+            return 200, b"", (model, usage)
+        out = (self.chat_body if chat else self.completion_body).get(model)
+        if out is None:
+            return 404, b'{"error":{"message":"model not found"}}', None
+        return 200, out, None
+
     def _completion(self, model: str) -> bytes:
         return json.dumps(
             {
@@ -212,26 +229,12 @@ class StubProtocol(asyncio.Protocol):
     def _completion(self, path: bytes, body: bytes, keep_alive: bool) -> None:
         t = self.transport
         assert t is not None
-        model = self.cfg.models[0]
-        stream = False
-        # Parse only what is needed; json.loads of a small body is ~5 us.
-        try:
-            req = json.loads(body)
-            model = req.get("model", model)
-            stream = bool(req.get("stream"))
-        except (ValueError, AttributeError):
-            t.write(response(400, b'{"error":"invalid JSON"}', keep_alive))
-            return
         chat = path == b"/v1/chat/completions"
-        if not stream:
-            table = self.cfg.chat_body if chat else self.cfg.completion_body
-            out = table.get(model)
-            if out is None:
-                t.write(response(404, b'{"error":{"message":"model not found"}}', keep_alive))
-                return
-            t.write(response(200, out, keep_alive))
+        status, out, stream = self.cfg.answer(chat, body)
+        if stream is None:
+            t.write(response(status, out, keep_alive))
             return
-        usage = bool((req.get("stream_options") or {}).get("include_usage"))
+        model, usage = stream
         self.streaming = asyncio.get_running_loop().create_task(self._stream(model, chat, usage, keep_alive))
 
     async def _stream(self, model: str, chat: bool, usage: bool, keep_alive: bool) -> None:
@@ -243,9 +246,7 @@ class StubProtocol(asyncio.Protocol):
                 b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n"
                 b"transfer-encoding: chunked\r\n" + (b"" if keep_alive else b"connection: close\r\n") + b"\r\n"
             )
-            for i, event in enumerate(stream_events(cfg, model, chat, usage)):
-                if i and i < cfg.chunks:
-                    await asyncio.sleep(cfg.interval_s)
+            async for event in stream_events(cfg, model, chat, usage):
                 if t.is_closing():
                     return
                 _write_event(t, event)
@@ -257,13 +258,15 @@ class StubProtocol(asyncio.Protocol):
         self._drain_pending()
 
 
-def stream_events(cfg: Config, model: str, chat: bool, usage: bool):
-    """The SSE events of one stream, as vLLM sends them: cfg.chunks deltas (the caller spaces
-    them cfg.interval_s apart), an optional usage event, then [DONE]."""
+async def stream_events(cfg: Config, model: str, chat: bool, usage: bool):
+    """The SSE events of one stream, as vLLM sends them: cfg.chunks deltas cfg.interval_s
+    apart, then at once an optional usage event and [DONE]."""
     words = ANSWER.split()
     created = int(time.time())
     obj = "chat.completion.chunk" if chat else "text_completion"
     for i in range(cfg.chunks):
+        if i:
+            await asyncio.sleep(cfg.interval_s)
         word = words[i % len(words)] + " "
         if chat:
             delta = {"role": "assistant", "content": ""} if i == 0 else {"content": word}
@@ -313,25 +316,15 @@ async def serve_aiohttp(args: argparse.Namespace) -> None:
         return web.Response(body=cfg.models_body, content_type="application/json")
 
     async def completion(request: web.Request) -> web.StreamResponse:
-        try:
-            req = json.loads(await request.read())
-            model = req.get("model", cfg.models[0])
-            stream = bool(req.get("stream"))
-            usage = bool((req.get("stream_options") or {}).get("include_usage"))
-        except (ValueError, AttributeError):
-            return web.Response(status=400, body=b'{"error":"invalid JSON"}', content_type="application/json")
         chat = request.path == "/v1/chat/completions"
-        if not stream:
-            out = (cfg.chat_body if chat else cfg.completion_body).get(model)
-            if out is None:
-                return web.Response(status=404, body=b'{"error":{"message":"model not found"}}')
-            return web.Response(body=out, content_type="application/json")
+        status, out, stream = cfg.answer(chat, await request.read())
+        if stream is None:
+            return web.Response(status=status, body=out, content_type="application/json")
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         resp.enable_chunked_encoding()
         await resp.prepare(request)
-        for i, event in enumerate(stream_events(cfg, model, chat, usage)):
-            if i and i < cfg.chunks:
-                await asyncio.sleep(cfg.interval_s)
+        model, usage = stream
+        async for event in stream_events(cfg, model, chat, usage):
             await resp.write(event)
         await resp.write_eof()
         return resp

@@ -193,10 +193,14 @@ class _IdleSweeper:
     def sweep(self) -> None:
         self.handle = None
         now = self.loop.time()
-        for p in [p for p in self.idle if p.idle_since is not None and now - p.idle_since >= p.timeout_keep_alive]:
-            self.idle.discard(p)
-            p.timeout_keep_alive_handler()
-        self.idle = {p for p in self.idle if p.idle_since is not None}
+        idle, self.idle = self.idle, set()
+        for p in idle:
+            if p.idle_since is None:
+                continue  # busy again; back in the set after its next response
+            if now - p.idle_since >= p.timeout_keep_alive:
+                p.timeout_keep_alive_handler()
+            else:
+                self.idle.add(p)
         if self.idle:
             self.handle = self.loop.call_later(1.0, self.sweep)
 
