@@ -29,6 +29,14 @@ class Server:
     max_body_bytes: int = 4 * 1024 * 1024
     access_log: bool = True
     drain_seconds: float = 30
+    # Hostile-client limits (checked before any body byte is read).
+    head_timeout_s: float = 10  # a request head must be complete within this (slowloris)
+    body_timeout_s: float = 30  # a declared body must arrive within this after the head
+    max_url_bytes: int = 8192  # longer request target: 414
+    max_header_count: int = 100  # more header lines: 431
+    max_head_bytes: int = 32768  # request line + headers larger: 431
+    max_connections: int = 8192  # open client connections per process; beyond: closed at accept
+    max_idle_per_client: int = 256  # idle keep-alive connections per client address; beyond: the oldest closed
 
 
 @dataclass(frozen=True)
@@ -38,12 +46,16 @@ class ApiKey:
     models: tuple[str, ...] = ("*",)
     rpm: int = 1000
     burst: int = 100
+    admin: bool = False  # may see replica URLs and failure reasons in /v1/models/registry
 
 
 @dataclass(frozen=True)
 class Auth:
     required: bool = False
     keys: tuple[ApiKey, ...] = ()
+    # Failed authentications per client address: token bucket, then 429.
+    failed_rpm: int = 60
+    failed_burst: int = 20
 
 
 @dataclass(frozen=True)
@@ -52,6 +64,10 @@ class RateLimit:
     redis_url: str | None = None
     # Redis unreachable: "allow" serves the request (and logs an ERROR), "reject" answers 503.
     on_redis_error: str = "allow"
+    # Bounded waits on Redis (a blackholed Redis must not hang requests); a timeout is an error
+    # like any other and goes through on_redis_error.
+    connect_timeout_s: float = 0.25
+    timeout_s: float = 0.25
 
 
 @dataclass(frozen=True)
@@ -76,7 +92,14 @@ class Retry:
 @dataclass(frozen=True)
 class Upstream:
     connect_timeout_s: float = 10
-    total_timeout_s: float = 30
+    total_timeout_s: float = 30  # non-streamed requests: the whole answer (504 after it)
+    max_response_bytes: int = 64 * 1024 * 1024  # non-streamed answers larger than this: 502
+    # Streams (per-model overrides in models[]): the first body byte within first_byte_timeout_s,
+    # then no gap between chunks longer than chunk_gap_timeout_s, and (optional) the whole
+    # stream within stream_max_s.
+    first_byte_timeout_s: float = 60
+    chunk_gap_timeout_s: float = 30
+    stream_max_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -101,6 +124,9 @@ class Model:
     tier: str = "lightweight"
     latency_ms: Latency = field(default_factory=Latency)
     timeout_s: float | None = None
+    first_byte_timeout_s: float | None = None
+    chunk_gap_timeout_s: float | None = None
+    stream_max_s: float | None = None
     max_inflight: int | None = None
     max_waiting: int | None = None
     fallbacks: tuple[str, ...] = ()
@@ -173,6 +199,10 @@ def _url(path: str, v: Any) -> str:
     return s.rstrip("/")
 
 
+def _optional_positive(path: str, v: Any) -> float | None:
+    return None if v is None else _num(path, v, exclusive=True)
+
+
 _SIMPLE = {
     "server": (
         Server,
@@ -182,6 +212,13 @@ _SIMPLE = {
             "max_body_bytes": lambda p, v: _num(p, v, integer=True, minimum=1),
             "access_log": _bool,
             "drain_seconds": lambda p, v: _num(p, v),
+            "head_timeout_s": lambda p, v: _num(p, v, exclusive=True),
+            "body_timeout_s": lambda p, v: _num(p, v, exclusive=True),
+            "max_url_bytes": lambda p, v: _num(p, v, integer=True, minimum=16),
+            "max_header_count": lambda p, v: _num(p, v, integer=True, minimum=1),
+            "max_head_bytes": lambda p, v: _num(p, v, integer=True, minimum=256),
+            "max_connections": lambda p, v: _num(p, v, integer=True, minimum=1),
+            "max_idle_per_client": lambda p, v: _num(p, v, integer=True, minimum=1),
         },
     ),
     "health": (
@@ -198,6 +235,10 @@ _SIMPLE = {
         {
             "connect_timeout_s": lambda p, v: _num(p, v, exclusive=True),
             "total_timeout_s": lambda p, v: _num(p, v, exclusive=True),
+            "max_response_bytes": lambda p, v: _num(p, v, integer=True, minimum=1024),
+            "first_byte_timeout_s": lambda p, v: _num(p, v, exclusive=True),
+            "chunk_gap_timeout_s": lambda p, v: _num(p, v, exclusive=True),
+            "stream_max_s": _optional_positive,
         },
     ),
     "queue": (
@@ -218,7 +259,7 @@ def _section(name: str, raw: Any):
 
 
 def _key(path: str, raw: Any) -> ApiKey:
-    m = _map(path, raw, ("name", "sha256", "models", "rpm", "burst"))
+    m = _map(path, raw, ("name", "sha256", "models", "rpm", "burst", "admin"))
     for req in ("name", "sha256"):
         if req not in m:
             raise ConfigError(f"{path}.{req}: required")
@@ -234,6 +275,7 @@ def _key(path: str, raw: Any) -> ApiKey:
         models=models,
         rpm=_num(f"{path}.rpm", m.get("rpm", 1000), integer=True, minimum=1),
         burst=_num(f"{path}.burst", m.get("burst", 100), integer=True, minimum=1),
+        admin=_bool(f"{path}.admin", m.get("admin", False)),
     )
 
 
@@ -244,6 +286,9 @@ _MODEL_KEYS = (
     "tier",
     "latency_ms",
     "timeout_s",
+    "first_byte_timeout_s",
+    "chunk_gap_timeout_s",
+    "stream_max_s",
     "max_inflight",
     "max_waiting",
     "fallbacks",
@@ -274,9 +319,12 @@ def _model(path: str, raw: Any) -> Model:
         raise ConfigError(f"{path}.tier: {tier!r} is not one of {', '.join(TIERS)}")
     lat = _map(f"{path}.latency_ms", m.get("latency_ms"), ("avg", "p95"))
     opt = {}
-    for k, integer in (("timeout_s", False), ("max_inflight", True), ("max_waiting", True)):
+    for k, integer in (("max_inflight", True), ("max_waiting", True)):
         if m.get(k) is not None:
             opt[k] = _num(f"{path}.{k}", m[k], integer=integer, minimum=1 if k == "max_inflight" else 0)
+    for k in ("timeout_s", "first_byte_timeout_s", "chunk_gap_timeout_s", "stream_max_s"):
+        if m.get(k) is not None:
+            opt[k] = _num(f"{path}.{k}", m[k], exclusive=True)
     return Model(
         name=name,
         replicas=replicas,
@@ -301,7 +349,7 @@ def parse(raw: Any) -> Config:
     """Validate a parsed YAML document and return a Config."""
     top = _map("", raw, ("server", "auth", "rate_limit", "health", "circuit", "retry", "upstream", "queue", "models"))
     sections = {k: _section(k, top.get(k)) for k in _SIMPLE}
-    a = _map("auth", top.get("auth"), ("required", "keys"))
+    a = _map("auth", top.get("auth"), ("required", "keys", "failed_rpm", "failed_burst"))
     keys = tuple(_key(f"auth.keys[{i}]", k) for i, k in enumerate(_list("auth.keys", a.get("keys", []) or [])))
     required = _bool("auth.required", a.get("required", bool(keys)))
     if required and not keys:
@@ -311,7 +359,11 @@ def parse(raw: Any) -> Config:
     names = [k.name for k in keys]
     if len(set(names)) != len(names):
         raise ConfigError("auth.keys: key names must be unique")
-    rl = _map("rate_limit", top.get("rate_limit"), ("backend", "redis_url", "on_redis_error"))
+    rl = _map(
+        "rate_limit",
+        top.get("rate_limit"),
+        ("backend", "redis_url", "on_redis_error", "connect_timeout_s", "timeout_s"),
+    )
     backend = rl.get("backend", "memory")
     if backend not in ("memory", "redis"):
         raise ConfigError(f"rate_limit.backend: {backend!r} is not one of memory, redis")
@@ -341,8 +393,19 @@ def parse(raw: Any) -> Config:
             if n != "*" and n not in seen:
                 raise ConfigError(f"auth.keys[{i}].models[{j}]: unknown model {n!r}")
     return Config(
-        auth=Auth(required=required, keys=keys),
-        rate_limit=RateLimit(backend=backend, redis_url=redis_url, on_redis_error=on_redis_error),
+        auth=Auth(
+            required=required,
+            keys=keys,
+            failed_rpm=_num("auth.failed_rpm", a.get("failed_rpm", 60), integer=True, minimum=1),
+            failed_burst=_num("auth.failed_burst", a.get("failed_burst", 20), integer=True, minimum=1),
+        ),
+        rate_limit=RateLimit(
+            backend=backend,
+            redis_url=redis_url,
+            on_redis_error=on_redis_error,
+            connect_timeout_s=_num("rate_limit.connect_timeout_s", rl.get("connect_timeout_s", 0.25), exclusive=True),
+            timeout_s=_num("rate_limit.timeout_s", rl.get("timeout_s", 0.25), exclusive=True),
+        ),
         models=models,
         **sections,
     )
