@@ -158,3 +158,16 @@ def test_gateway_preflight_rejects_unknown_fallbacks(ansible):
     text = " ".join((out.stdout + out.stderr).split())
     assert out.returncode != 0
     assert "model chat-a: gateway.fallbacks ['chat-z'] must name other models" in text
+
+
+@pytest.mark.parametrize(
+    "route",
+    [{"first_byte_timout_s": 30}, {"chunk_gap_timeout_s": "soon"}, {"tokens_per_s": -1}],
+    ids=["typo", "not-a-number", "negative"],
+)
+def test_gateway_preflight_rejects_bad_catalog_gateway_settings(ansible, route):
+    out = _preflight(ansible, catalog=[_model("chat-a", 11400, gateway=route), _model("chat-b", 11401)])
+    text = " ".join((out.stdout + out.stderr).split())
+    assert out.returncode != 0
+    assert "model chat-a: gateway:" in text
+    assert "allowed keys are fallbacks, timeout_s" in text
