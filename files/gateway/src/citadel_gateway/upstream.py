@@ -7,14 +7,31 @@ ready body, response head as soon as it arrives, body chunks as the upstream sen
 them (no buffering, with back-pressure), hard deadlines without extra tasks, and
 errors classified for retry decisions (``ConnectError`` is safe to retry: the
 request never reached the upstream).
+
+Framing rules (RFC 9110/9112), because a connection reused with a wrong idea of where the
+last response ended hands one client's answer to the next:
+
+* 1xx interim responses (100 Continue, 103 Early Hints, ...) are skipped: their headers are
+  dropped and the final response is awaited on the same connection. 101 is a protocol error
+  (we never ask for an upgrade): the request fails and the connection is closed.
+* A connection is reused only after a clean keep-alive response read to its end. It is closed
+  on a parse error, bytes after a complete response, a body delimited by the close, a response
+  not read to its end, a cancelled request, a request whose head was not answered, and
+  ``Connection: close``.
+* ``Pool.request`` sends exactly once: a failure on a reused socket is the caller's attempt to
+  count, never retried here. Idle sockets older than ``idle_ttl_s`` (below the upstream's own
+  keep-alive timeout, uvicorn's 5 s for vLLM) are not reused, so that race stays rare.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import time
 
 import httptools
+
+_now = time.monotonic
 
 
 class UpstreamError(Exception):
@@ -22,7 +39,7 @@ class UpstreamError(Exception):
 
 
 class ConnectError(UpstreamError):
-    """The request did not reach the upstream (refused, connect timeout, stale pooled socket)."""
+    """The request did not reach the upstream (refused, connect failed or timed out)."""
 
 
 class Refused(ConnectError):
@@ -33,16 +50,43 @@ class UpstreamTimeout(UpstreamError):
     """The per-request deadline passed."""
 
 
+class ResponseTooLarge(UpstreamError):
+    """The body is larger than the caller's limit (the connection was dropped).
+
+    ``received``: body bytes read before giving up (0 when the declared Content-Length already
+    said so); ``declared``: the Content-Length, or None when the upstream did not give one."""
+
+    def __init__(self, limit: int, received: int, declared: int | None) -> None:
+        said = f"declared {declared} bytes" if declared is not None else f"{received} bytes received already"
+        super().__init__(f"upstream answer over the {limit} byte limit ({said})")
+        self.limit = limit
+        self.received = received
+        self.declared = declared
+
+
 _HIGH_WATER = 256 * 1024  # pause reading the upstream when this much is unread by the client
+DEFAULT_READ_LIMIT = 64 * 1024 * 1024  # Response.read() without a limit (config default of upstream.max_response_bytes)
 
 
 class Response:
-    __slots__ = ("status", "headers", "_conn", "_chunks", "_waiter", "_done", "_exc", "_buffered", "content_type")
+    __slots__ = (
+        "status",
+        "headers",
+        "content_type",
+        "content_length",
+        "_conn",
+        "_chunks",
+        "_waiter",
+        "_done",
+        "_exc",
+        "_buffered",
+    )
 
     def __init__(self, conn: _Conn) -> None:
-        self.status = 0
+        self.status = 0  # 0 until the final (non-1xx) head arrived
         self.headers: list[tuple[bytes, bytes]] = []
         self.content_type = b""
+        self.content_length: int | None = None  # from the head; None: chunked or until close
         self._conn = conn
         self._chunks: collections.deque[bytes] = collections.deque()
         self._waiter: asyncio.Future | None = None
@@ -72,15 +116,54 @@ class Response:
             await self._waiter
             self._waiter = None
 
-    async def read(self) -> bytes:
-        parts = []
+    async def read(self, limit: int = DEFAULT_READ_LIMIT) -> bytes | bytearray:
+        """The whole body, at most ``limit`` bytes: ResponseTooLarge (and the connection dropped)
+        as soon as more arrived, or at once when the Content-Length says so. Held once: the
+        single chunk itself when the body came in one, else one bytearray grown in place."""
+        n = self.content_length
+        if n is not None and n > limit:
+            raise self._too_large(limit, 0)
+        c = await self.next_chunk()
+        if c is None:
+            return b""
+        if len(c) > limit:
+            raise self._too_large(limit, len(c))
+        if self._done and not self._chunks:
+            return c  # the common case: the whole body in one piece, no copy
+        buf = bytearray(c)
+        del c
         while (c := await self.next_chunk()) is not None:
-            parts.append(c)
-        return b"".join(parts)
+            if len(buf) + len(c) > limit:
+                raise self._too_large(limit, len(buf) + len(c))
+            buf += c
+        return buf
+
+    def _too_large(self, limit: int, received: int) -> ResponseTooLarge:
+        e = ResponseTooLarge(limit, received, self.content_length)
+        self._chunks.clear()
+        self._buffered = 0
+        if self._conn.resp is self:
+            self._conn._fail(e)  # the rest of the body is not wanted: drop the connection
+        return e
+
+    def abort(self) -> None:
+        """Cancel this request (the client went away): its socket is dropped. No effect once the
+        response was closed (the connection may serve another request by then)."""
+        if self._conn.resp is self:
+            self._conn.abort()
+
+    def set_deadline(self, when: float) -> None:
+        """Move this request's deadline (loop.time() based), e.g. per stream chunk."""
+        if self._conn.resp is self:
+            self._conn.deadline = when
 
     def close(self) -> None:
         """Give the connection back if the response was fully read, otherwise drop it."""
         self._conn.finish(self)
+
+
+class _Trailing(Exception):
+    """Bytes after a complete response (raised from the parser callback to stop parsing)."""
 
 
 class _Conn(asyncio.Protocol):
@@ -99,6 +182,8 @@ class _Conn(asyncio.Protocol):
         "reused",
         "complete",
         "keep",
+        "chunked",
+        "idle_since",
     )
 
     def __init__(self, pool: Pool, key: tuple[str, int], loop: asyncio.AbstractEventLoop) -> None:
@@ -116,6 +201,8 @@ class _Conn(asyncio.Protocol):
         self.reused = False
         self.complete = False
         self.keep = False
+        self.chunked = False
+        self.idle_since = 0.0
 
     # -- asyncio.Protocol
     def connection_made(self, transport) -> None:
@@ -123,36 +210,74 @@ class _Conn(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.resp is None:  # bytes while idle: the server is misbehaving; drop the socket
-            self._fail(ConnectError("unsolicited data on idle connection"))
+            self._fail(UpstreamError("unsolicited data on idle connection"))
             return
         self.got_bytes = True
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserError as e:
-            self._fail(UpstreamError(f"bad HTTP from upstream: {e}"))
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as e:
+            if self.complete:
+                # the response is whole, but what came after it is not ours to guess: never reuse
+                self.keep = False
+                self._close()
+                return
+            ctx = e.__context__
+            self._fail(ctx if isinstance(ctx, UpstreamError) else UpstreamError(f"bad HTTP from upstream: {e}"))
 
     def connection_lost(self, exc) -> None:
         self.closed = True
         self.pool._forget(self)
-        if self.resp is not None and not self.complete:
+        r = self.resp
+        if r is not None and not self.complete:
+            if exc is None and r.status and not self.keep and not self.chunked and r.content_length is None:
+                # body delimited by the close (no Content-Length, not chunked): this is its end
+                self._complete(r)
+                return
             if self.got_bytes:
                 err: UpstreamError = UpstreamError("upstream closed the connection mid-response")
             else:
-                # Nothing came back: on a reused socket the server closed it while idle.
-                err = ConnectError("upstream closed the connection before responding")
+                how = "a reused" if self.reused else "a new"
+                err = UpstreamError(
+                    f"upstream closed {how} connection without responding (the request may have reached it)"
+                )
             self._fail(err, close=False)
 
     def pause_writing(self) -> None:  # request bodies are small; nothing to do
         pass
 
     # -- httptools callbacks
+    def on_message_begin(self) -> None:
+        if self.complete:
+            raise _Trailing  # a second response to one request: stop; data_received closes
+
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.resp.headers.append((name, value))
-        if len(name) == 12 and name.lower() == b"content-type":
-            self.resp.content_type = value
+        r = self.resp
+        r.headers.append((name, value))
+        n = len(name)
+        if n == 12:
+            if name.lower() == b"content-type":
+                r.content_type = value
+        elif n == 14:
+            if name.lower() == b"content-length":
+                r.content_length = int(value)  # llhttp has validated it
+        elif n == 17 and name.lower() == b"transfer-encoding":
+            self.chunked = True
 
     def on_headers_complete(self) -> None:
-        self.resp.status = self.parser.get_status_code()
+        status = self.parser.get_status_code()
+        r = self.resp
+        if status < 200:
+            if status == 101:
+                raise UpstreamError("upstream switched protocols (101) though no upgrade was asked for")
+            # interim response (100 Continue, 103 Early Hints, ...): forget it, the final one follows
+            r.headers.clear()
+            r.content_type = b""
+            r.content_length = None
+            self.chunked = False
+            return
+        r.status = status
+        # read it here, valid from now to the end of the message (httptools resets it after)
+        self.keep = self.parser.should_keep_alive()
         w = self.head_waiter
         if w is not None and not w.done():
             w.set_result(None)
@@ -167,19 +292,29 @@ class _Conn(asyncio.Protocol):
         r._wake()
 
     def on_message_complete(self) -> None:
-        # read it here: httptools resets it once the callback returns
-        self.keep = self.parser.should_keep_alive()
+        r = self.resp
+        if r.status:  # else the end of an interim 1xx response
+            self.complete = True
+            self.pool._active.discard(self)
+            r._done = True
+            r._wake()
+
+    # -- internals
+    def _complete(self, r: Response) -> None:
         self.complete = True
         self.pool._active.discard(self)
-        r = self.resp
         r._done = True
         r._wake()
 
-    # -- internals
     def resume(self) -> None:
         if self.paused and not self.closed:
             self.paused = False
             self.transport.resume_reading()
+
+    def _close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.transport.abort()
 
     def _fail(self, exc: BaseException, close: bool = True) -> None:
         self.pool._active.discard(self)
@@ -190,9 +325,8 @@ class _Conn(asyncio.Protocol):
         if r is not None and r._exc is None and not r._done:
             r._exc = exc
             r._wake()
-        if close and not self.closed:
-            self.closed = True
-            self.transport.abort()
+        if close:
+            self._close()
 
     def _expire(self) -> None:
         self._fail(UpstreamTimeout("upstream deadline exceeded"))
@@ -201,6 +335,8 @@ class _Conn(asyncio.Protocol):
         self.resp = r = Response(self)
         self.complete = False
         self.got_bytes = False
+        self.chunked = False
+        self.keep = False
         if self.parser is None:  # one parser per connection: llhttp resets after each complete response
             self.parser = httptools.HttpResponseParser(self)
         self.head_waiter = self.loop.create_future()
@@ -222,8 +358,7 @@ class _Conn(asyncio.Protocol):
             self.reused = True
             self.pool._release(self)
         else:
-            self.closed = True
-            self.transport.abort()
+            self._close()
 
     def abort(self) -> None:
         """Cancel the in-flight request (client went away): the socket is dropped."""
@@ -231,14 +366,17 @@ class _Conn(asyncio.Protocol):
 
 
 class Pool:
-    """One keep-alive connection set per process, keyed by (host, port)."""
+    """One keep-alive connection set per process, keyed by (host, port).
 
-    def __init__(self, connect_timeout: float = 10.0, max_idle_per_host: int = 256) -> None:
+    ``idle_ttl_s``: an idle connection older than this is closed instead of reused; keep it
+    below the upstream's keep-alive timeout (uvicorn, hence vLLM: 5 s)."""
+
+    def __init__(self, connect_timeout: float = 10.0, max_idle_per_host: int = 256, idle_ttl_s: float = 4.0) -> None:
         self.connect_timeout = connect_timeout
         self.max_idle = max_idle_per_host
+        self.idle_ttl = idle_ttl_s
         self._idle: dict[tuple[str, int], list[_Conn]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.connects = 0
         self._active: set[_Conn] = set()
         self._ticker: asyncio.TimerHandle | None = None
 
@@ -268,7 +406,25 @@ class Pool:
             conn.closed = True
             conn.transport.close()
         else:
+            conn.idle_since = _now()
             idle.append(conn)
+
+    def _pop_idle(self, key: tuple[str, int]) -> _Conn | None:
+        """The most recently used idle connection, unless it sat idle longer than the TTL."""
+        idle = self._idle.get(key)
+        while idle:
+            conn = idle.pop()
+            if conn.closed:
+                continue
+            if _now() - conn.idle_since <= self.idle_ttl:
+                return conn
+            # released in order: every other one is older still
+            idle.append(conn)
+            for c in idle:
+                c.closed = True
+                c.transport.close()
+            idle.clear()
+        return None
 
     async def _connect(self, key: tuple[str, int], deadline: float) -> _Conn:
         loop = self._loop or asyncio.get_running_loop()
@@ -283,34 +439,29 @@ class Pool:
             raise Refused(f"connect to {key[0]}:{key[1]} refused") from e
         except OSError as e:
             raise ConnectError(f"connect to {key[0]}:{key[1]} failed: {e.strerror or e}") from e
-        self.connects += 1
         return conn
 
     async def request(self, host: str, port: int, head: bytes, body: bytes, deadline: float, cancel=None) -> Response:
-        """Send one request; returns once the response head arrived (deadline is loop.time() based).
+        """Send one request, once; returns once the final response head arrived (deadline is
+        loop.time() based). ``head`` is the full request head (request line + headers + CRLFCRLF).
 
-        ``head`` is the full request head (request line + headers + CRLFCRLF).
-        """
+        Raises ConnectError (nothing was sent: safe to retry), UpstreamTimeout, or UpstreamError
+        (the request may have reached the upstream). A failure is never retried here, not even
+        on a reused socket the upstream had closed: each call is one attempt for the caller."""
+        if cancel is not None and cancel.fired:
+            raise UpstreamError("cancelled: the client went away")
         key = (host, port)
         idle = self._idle.get(key)
-        while idle:
-            conn = idle.pop()
-            if conn.closed:
-                continue
-            try:
-                return await self._send(conn, head, body, deadline, cancel)
-            except ConnectError:
-                continue  # stale keep-alive socket: the request never arrived, try another/new one
-        conn = await self._connect(key, deadline)
-        return await self._send(conn, head, body, deadline, cancel)
-
-    async def _send(self, conn: _Conn, head: bytes, body: bytes, deadline: float, cancel=None) -> Response:
-        if cancel is not None:
-            if cancel.fired:
-                self._release(conn)
-                raise UpstreamError("cancelled: the client went away")
-            cancel.conn = conn  # cancel.fire() aborts this request
+        if idle and not (conn := idle[-1]).closed and _now() - conn.idle_since <= self.idle_ttl:
+            idle.pop()  # the fast path: the most recently used idle connection is fresh
+        else:
+            conn = self._pop_idle(key) or await self._connect(key, deadline)
+        if cancel is not None and cancel.fired:  # went away while we connected
+            self._release(conn)
+            raise UpstreamError("cancelled: the client went away")
         resp = conn.start(head + body if len(body) < 65536 else head, deadline)
+        if cancel is not None:
+            cancel.conn = resp  # cancel.conn.abort() aborts this request, and only this one
         if len(body) >= 65536:
             conn.transport.write(body)
         try:
@@ -341,7 +492,7 @@ class Cancel:
     __slots__ = ("conn", "fired")
 
     def __init__(self) -> None:
-        self.conn: _Conn | None = None
+        self.conn: Response | None = None  # set by Pool.request: the request in flight
         self.fired = False
 
     def fire(self) -> None:
