@@ -24,10 +24,6 @@ class MemoryLimiter:
         self._b: dict[str, list[float]] = {}
         self.clock = clock
 
-    async def take(self, key: str, rpm: int, burst: int) -> float:
-        """0.0 when allowed, else seconds until a token is available (Retry-After)."""
-        return self.take_now(key, rpm, burst)
-
     def take_now(self, key: str, rpm: int, burst: int) -> float:
         now = self.clock()
         b = self._b.get(key)
@@ -75,18 +71,42 @@ return wait
 """
 
 
+class LimiterTimeout(TimeoutError):
+    """Redis did not answer within the limiter's bound (rate_limit.on_redis_error decides)."""
+
+
 class RedisLimiter:
-    """Token bucket shared by every gateway replica through one Redis (atomic Lua script)."""
+    """Token bucket shared by every gateway replica through one Redis (atomic Lua script).
 
-    def __init__(self, url: str, prefix: str = "citadel:rl:") -> None:
+    Bounded: a connect waits at most ``connect_timeout_s``, a reply ``timeout_s``, and a whole
+    ``take()`` (reconnect and script load included) at most their sum; past that it raises
+    LimiterTimeout, so a blackholed Redis costs each request that long and no more."""
+
+    def __init__(
+        self, url: str, connect_timeout_s: float = 0.25, timeout_s: float = 0.25, prefix: str = "citadel:rl:"
+    ) -> None:
         import redis.asyncio as redis  # imported here: only Redis-backed deployments need it
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+        from redis.exceptions import TimeoutError as RedisTimeout
 
-        self.r = redis.from_url(url)
+        # one immediate retry (a pooled connection Redis closed while idle), no backoff sleeps:
+        # redis-py's default retries with backoff would outlast the bound below anyway
+        self.r = redis.from_url(
+            url, socket_connect_timeout=connect_timeout_s, socket_timeout=timeout_s, retry=Retry(NoBackoff(), 1)
+        )
         self.prefix = prefix
+        self.bound = connect_timeout_s + timeout_s
+        self._timeouts = (TimeoutError, RedisTimeout)
         self.script = self.r.register_script(_LUA)
 
     async def take(self, key: str, rpm: int, burst: int) -> float:
-        wait_ms = await self.script(keys=[self.prefix + key], args=[rpm / 60.0, burst])
+        """0.0 when allowed, else seconds until a token is available (Retry-After)."""
+        try:
+            async with asyncio.timeout(self.bound):
+                wait_ms = await self.script(keys=[self.prefix + key], args=[rpm / 60.0, burst])
+        except self._timeouts as e:
+            raise LimiterTimeout(f"redis did not answer within {self.bound:g} s ({str(e) or 'no reply'})") from e
         return int(wait_ms) / 1000.0
 
     async def close(self) -> None:
