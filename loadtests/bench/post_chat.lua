@@ -1,14 +1,19 @@
 -- wrk script for bench_gateway.py: POST a small chat completion, and print the
 -- summary as one JSON line (prefixed BENCH_JSON) so the harness need not parse wrk's text.
--- Env: BENCH_MODEL (model name), BENCH_KEY (API key, sent as a Bearer token).
+-- Env: BENCH_MODEL (model name), BENCH_KEY (API key, sent as a Bearer token), BENCH_HEADERS
+-- (extra headers, one "Name: value" a line; only for the peers that route by header).
 local model = os.getenv("BENCH_MODEL") or "bench-model"
 local key = os.getenv("BENCH_KEY")
+local extra = os.getenv("BENCH_HEADERS") or ""
 
 wrk.method = "POST"
 wrk.path = "/v1/chat/completions"
 wrk.headers["Content-Type"] = "application/json"
 if key and key ~= "" then
   wrk.headers["Authorization"] = "Bearer " .. key
+end
+for name, value in extra:gmatch("([^:\n]+):%s*([^\n]*)") do
+  wrk.headers[name] = value
 end
 wrk.body = '{"model":"' .. model .. '","messages":[{"role":"system","content":"You are a helpful assistant."},'
   .. '{"role":"user","content":"What is the capital of France? Answer in one sentence."}],'
