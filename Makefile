@@ -63,8 +63,10 @@ test: setup lint unit molecule ## Everything CI checks
 load: ## Locust against the gateway with the catalog's SLO gates (HOST=, INVENTORY=, ARGS=); reports in reports/load/<time>/
 	@HOST='$(HOST)' INVENTORY='$(INVENTORY)' loadtests/run.sh $(ARGS)
 
-bench-gateway: ## Gateway overhead vs direct and LiteLLM 1.106.2 on a stub upstream (wrk, ~5 min; exit 1 if a target fails)
+bench-gateway: ## Gateway vs direct, vllm-router, sglang-router, Portkey, LiteLLM (pinned) on a stub upstream (wrk, ~12 min; exit 1 if a target fails)
 	@files/gateway/scripts/venv.sh
 	@loadtests/bench/venv.sh
 	@loadtests/install-litellm.sh
+	@loadtests/install-routers.sh
+	@loadtests/install-portkey.sh
 	$(CITADEL_CACHE)/bench-venv/bin/python loadtests/bench_gateway.py $(BENCH_ARGS)
