@@ -100,7 +100,9 @@ def test_expect_100_continue(sock):
 
 def test_query_string_and_other_methods_take_the_asgi_path(sock):
     assert ask(sock, post(path="/v1/chat/completions?trace=1"))[0] == 200
-    status, headers, data = ask(sock, b"GET /v1/chat/completions HTTP/1.1\r\nHost: x\r\n\r\n")
+    # with the key: the key is judged first (check_head), the method after it
+    get = f"GET /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEYS['ops']}\r\n\r\n"
+    status, headers, data = ask(sock, get.encode())
     assert status == 405
     assert headers["allow"] == "POST"
     assert json.loads(data)["error"]["code"] == "method_not_allowed"
@@ -129,16 +131,33 @@ def test_request_split_across_writes(sock):
     assert json.loads(data)["object"] == "chat.completion"
 
 
-def test_body_over_limit_is_answered_before_it_ends(sock):
-    """413 as soon as the body passes server.max_body_bytes, not after the client sent all of it;
-    the rest is still read, so the connection stays usable."""
+def test_declared_body_over_limit_is_refused_from_the_head(sock):
+    """A Content-Length over server.max_body_bytes: 413 from the head alone, before a body byte
+    is sent; the body is never read, so the connection is closed."""
     limit = 4 * 1024 * 1024  # the shared cluster's default server.max_body_bytes
     head = (
         f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEYS['ops']}\r\n"
         f"Content-Type: application/json\r\nContent-Length: {2 * limit}\r\n\r\n"
     ).encode()
-    status, _, data = ask(sock, head + b" " * (limit + 65536), timeout=10)
+    status, headers, data = ask(sock, head, timeout=10)
+    assert status == 413
+    assert headers["connection"] == "close"
+    assert json.loads(data)["error"]["code"] == "body_too_large"
+    assert closed_by_server(sock)
+
+
+def test_chunked_body_over_limit_is_answered_before_it_ends(sock):
+    """Without a Content-Length the size shows only as the body arrives: 413 as soon as it passes
+    server.max_body_bytes, not after the client sent all of it; the rest is still read, so the
+    connection stays usable."""
+    limit = 4 * 1024 * 1024
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEYS['ops']}\r\n"
+        "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    ).encode()
+    piece = b"%x\r\n%b\r\n" % (65536, b" " * 65536)
+    status, _, data = ask(sock, head + piece * (limit // 65536 + 1), timeout=10)
     assert status == 413
     assert json.loads(data)["error"]["code"] == "body_too_large"
-    sock.sendall(b" " * (limit - 65536))  # the rest of the declared body
+    sock.sendall(piece * 8 + b"0\r\n\r\n")  # the rest of the body
     assert ask(sock, post(), timeout=10)[0] == 200
