@@ -77,7 +77,13 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     from .app import build_app
-    from .server import GatewayHttpProtocol
+    from .server import GatewayHttpProtocol, check_uvicorn
+
+    try:
+        check_uvicorn()  # server.py subclasses uvicorn internals: refuse to start on anything else
+    except RuntimeError as e:
+        print(f"citadel-gateway: {e}", file=sys.stderr)
+        return 3
 
     app = build_app(cfg, args.config if not args.backend else None)
     log = logging.getLogger("citadel_gateway")
