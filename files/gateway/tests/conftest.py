@@ -112,9 +112,9 @@ class Gateway:
             h["Authorization"] = f"Bearer {KEYS.get(key, key)}"
         return request(self.port, method, path, body, h, timeout)
 
-    def chat(self, model="chat-a", key="ops", **kw):
+    def chat(self, model="chat-a", key="ops", headers=None, **kw):
         body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, **kw}
-        return self.request("POST", "/v1/chat/completions", body, key=key)
+        return self.request("POST", "/v1/chat/completions", body, key=key, headers=headers)
 
     def signal(self, sig) -> None:
         self.proc.send_signal(sig)

@@ -2,7 +2,11 @@
 
 python stub_upstream.py --port 11403 --model smollm2-135m [--model other]
 Steer it at runtime: POST /_control {"status": 503, "count": 2, "delay": 0.2, "chunks": 5,
-"interval": 0.01, "break_after": 2, "health": 503, "ready_model": false}; GET /_stats.
+"interval": 0.01, "break_after": 2, "stall_after": 2, "first_delay": 1, "close": true,
+"health": 503, "ready_model": false}; GET /_stats.
+break_after: reset the stream after N events; stall_after: send N events, then nothing (the
+connection stays open); first_delay: seconds between a stream's head and its first event;
+close: read a POST and close the connection without answering.
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ DEFAULTS = {
     "chunks": 3,
     "interval": 0.0,
     "break_after": None,
+    "stall_after": None,
+    "first_delay": 0.0,
+    "close": False,
     "health": 200,
     "ready_model": True,
 }
@@ -133,6 +140,9 @@ class Handler(asyncio.Protocol):
         if rid is not None and len(STATS["request_ids"]) < 1000:
             STATS["request_ids"].append(rid.decode())
         st = STATE
+        if st["close"]:
+            t.close()
+            return
         if st["delay"]:
             await asyncio.sleep(st["delay"])
         if st["status"] is not None and (st["count"] is None or st["count"] > 0):
@@ -192,10 +202,14 @@ class Handler(asyncio.Protocol):
             t.write(_resp(200, _completion(model, chat)))
             return
         t.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+        if st["first_delay"]:
+            await asyncio.sleep(st["first_delay"])
         for i in range(st["chunks"]):
             if st["break_after"] is not None and i >= st["break_after"]:
                 t.abort()
                 return
+            if st["stall_after"] is not None and i >= st["stall_after"]:
+                await asyncio.sleep(3600)  # silent, connection open (the gateway's gap deadline ends it)
             delta = {"delta": {"content": f"tok{i} "}} if chat else {"text": f"tok{i} "}
             ev = (
                 b"data: "

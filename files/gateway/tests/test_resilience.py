@@ -8,6 +8,7 @@ import time
 
 import pytest
 from conftest import base_config, wait_ready
+from test_streams import raw_stream
 
 
 def test_killing_a_replica_under_load_loses_no_request(stubs, gateway):
@@ -105,9 +106,11 @@ def test_a_started_stream_is_never_retried(cl):
     g, a, b, _ = cl
     for s_ in (a, b):
         s_.control(chunks=5, break_after=2)
-    s, _, body = g.request("POST", "/v1/chat/completions", {"model": "chat-a", "messages": [], "stream": True})
-    assert s == 200
-    assert body.count(b"data: ") == 2, body
+    status, events, clean = raw_stream(g.port, {"model": "chat-a", "messages": [], "stream": True})
+    assert status == 200
+    assert not clean, "a broken stream never ends like a complete one"
+    assert len(events) == 3
+    assert json.loads(events[-1])["error"]["code"] == "stream_broken"
     assert a.stats()["posts"] + b.stats()["posts"] == 1, "the upstream got the request exactly once"
 
 

@@ -16,7 +16,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import __version__
 from . import config as C
-from .gateway import HOT, Gateway, error_body
+from .context import HOT
+from .errors import error_body
+from .gateway import Gateway
 from .routes import models, ops
 
 log = logging.getLogger("citadel_gateway")

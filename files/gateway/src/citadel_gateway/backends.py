@@ -17,7 +17,7 @@ log = logging.getLogger("citadel_gateway.routing")
 
 
 class Replica:
-    __slots__ = ("url", "host", "port", "label", "outstanding", "healthy", "reason", "breaker", "model", "hooks")
+    __slots__ = ("url", "host", "port", "label", "outstanding", "healthy", "reason", "breaker", "model")
 
     def __init__(self, url: str, model: str, breaker: CircuitBreaker) -> None:
         u = urlsplit(url)
@@ -30,7 +30,6 @@ class Replica:
         self.healthy = True  # optimistic until the first active check says otherwise
         self.reason: str | None = None
         self.breaker = breaker
-        self.hooks: list = []  # called with (replica) on a health/circuit change (metrics)
 
     def available(self) -> bool:
         return self.healthy and self.breaker.available()
@@ -49,8 +48,6 @@ class Replica:
                 "healthy" if ok else "unhealthy",
                 f": {reason}" if reason else "",
             )
-        for h in self.hooks:
-            h(self)
 
 
 class Model:
@@ -63,11 +60,14 @@ class Model:
         "replicas",
         "fallbacks",
         "timeout_s",
+        "first_byte_s",
+        "gap_s",
+        "stream_max_s",
         "ewma_ms",
         "tps",
     )
 
-    def __init__(self, cfg: C.Model, replicas: list[Replica], default_timeout: float) -> None:
+    def __init__(self, cfg: C.Model, replicas: list[Replica], upstream: C.Upstream) -> None:
         self.cfg = cfg
         self.name = cfg.name
         self.aliases = cfg.aliases
@@ -75,7 +75,11 @@ class Model:
         self.tier = cfg.tier
         self.replicas = replicas
         self.fallbacks = cfg.fallbacks
-        self.timeout_s = cfg.timeout_s or default_timeout
+        # Deadlines: non-streamed answers as a whole; streams by first byte, gap and optional cap.
+        self.timeout_s = cfg.timeout_s or upstream.total_timeout_s
+        self.first_byte_s = cfg.first_byte_timeout_s or upstream.first_byte_timeout_s
+        self.gap_s = cfg.chunk_gap_timeout_s or upstream.chunk_gap_timeout_s
+        self.stream_max_s = cfg.stream_max_s or upstream.stream_max_s
         self.ewma_ms: float | None = None  # observed latency of successful non-streamed requests
         self.tps: float | None = None  # observed completion tokens per second
 
@@ -135,7 +139,7 @@ class Router:
                     r.breaker.failures = cfg.circuit.failures
                     r.breaker.cooldown = cfg.circuit.cooldown_s
                 reps.append(r)
-            m = Model(mc, reps, cfg.upstream.total_timeout_s)
+            m = Model(mc, reps, cfg.upstream)
             if previous is not None and (pm := previous.table.get(mc.name)) is not None:
                 m.ewma_ms, m.tps = pm.ewma_ms, pm.tps
             self.models.append(m)

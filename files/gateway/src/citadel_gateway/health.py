@@ -22,7 +22,7 @@ class CircuitBreaker:
     """Opens after ``failures`` consecutive failures; after ``cooldown`` lets ONE probe through
     (half-open); that probe's success closes it, its failure re-opens it."""
 
-    __slots__ = ("failures", "cooldown", "count", "state", "opened_at", "probing", "clock", "on_change")
+    __slots__ = ("failures", "cooldown", "count", "state", "opened_at", "probing", "clock")
 
     def __init__(self, failures: int, cooldown: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.failures = failures
@@ -32,13 +32,6 @@ class CircuitBreaker:
         self.opened_at = 0.0
         self.probing = False
         self.clock = clock
-        self.on_change: Callable[[int], None] | None = None
-
-    def _set(self, state: int) -> None:
-        if state != self.state:
-            self.state = state
-            if self.on_change is not None:
-                self.on_change(state)
 
     def available(self) -> bool:
         """Could a request go here now (without reserving the half-open probe)?"""
@@ -55,7 +48,7 @@ class CircuitBreaker:
         if self.state == OPEN:
             if self.clock() - self.opened_at < self.cooldown:
                 return False
-            self._set(HALF_OPEN)
+            self.state = HALF_OPEN
             self.probing = False
         if self.probing:
             return False
@@ -65,7 +58,7 @@ class CircuitBreaker:
     def success(self) -> None:
         self.count = 0
         self.probing = False
-        self._set(CLOSED)
+        self.state = CLOSED
 
     def failure(self, hard: bool = False) -> None:
         """``hard``: the replica is certainly gone (connection refused): open at once."""
@@ -73,7 +66,7 @@ class CircuitBreaker:
         self.probing = False
         if self.state == HALF_OPEN or hard or self.count >= self.failures:
             self.opened_at = self.clock()
-            self._set(OPEN)
+            self.state = OPEN
 
     def release(self) -> None:
         """A reserved request ended without a verdict (client went away)."""

@@ -47,6 +47,20 @@ def candidates(models: list[Model], task: str) -> list[Model]:
     return exact or out
 
 
+def hints(headers, endpoint: str) -> tuple[str, str]:
+    """(task, priority) of a request: the task from the endpoint or ``x-task`` (chat by default),
+    the priority from ``x-priority`` (balanced by default or when unknown)."""
+    task = priority = None
+    for k, v in headers:
+        if k == b"x-task":
+            task = v.decode("latin-1").strip().lower()
+        elif k == b"x-priority":
+            priority = v.decode("latin-1").strip().lower()
+    if endpoint == "embeddings":
+        task = "embedding"
+    return task or "chat", priority if priority in PRIORITIES else "balanced"
+
+
 def choose(models: list[Model], task: str, priority: str) -> Model | None:
     best, best_s = None, -1.0
     for m in candidates(models, task):

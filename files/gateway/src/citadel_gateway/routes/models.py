@@ -1,83 +1,80 @@
-"""/v1/models (OpenAI list) and /v1/models/registry (catalog, live health, recommendation)."""
+"""/v1/models (OpenAI list) and /v1/models/registry (the key's models, live health, recommendation)."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import time
 
 from fastapi import APIRouter, HTTPException, Query, Request
 
-from .. import selection
+from .. import auth, selection
 
 router = APIRouter()
 _CREATED = int(time.time())
 
 
 def require_key(request: Request):
-    """Same key check as the hot path (sha256, constant-time compare)."""
-    st = request.app.state.gateway.state
-    if not st.cfg.auth.required:
-        return None
-    auth = request.headers.get("authorization", "")
-    token = auth[7:].strip() if auth[:7].lower() == "bearer " else request.headers.get("x-api-key", "").strip()
-    if not token:
-        raise HTTPException(401, "missing API key (Authorization: Bearer or X-API-Key)")
-    digest = hashlib.sha256(token.encode()).hexdigest()
-    key = st.keys.get(digest)
-    if key is None or not hmac.compare_digest(key.sha256, digest):
-        raise HTTPException(401, "invalid API key")
-    return key
+    """The same check as the hot path (auth.py on the raw header bytes), failed-auth throttle included."""
+    gw = request.app.state.gateway
+    st = gw.state
+    client = request.client.host if request.client else None
+    verdict = auth.authenticate(st.cfg.auth, st.keys, gw.failed_auth, request.headers.raw, client)
+    if isinstance(verdict, auth.Denied):
+        raise HTTPException(
+            verdict.status, verdict.message, headers={k.decode(): v.decode() for k, v in verdict.headers}
+        )
+    return verdict
 
 
-@router.get("/v1/models", summary="Every routable model and alias (OpenAI list shape)")
+@router.get("/v1/models", summary="Every model and alias the key may use (OpenAI list shape)")
 async def list_models(request: Request) -> dict:
     key = require_key(request)
     st = request.app.state.gateway.state
-    allowed = st.allowed.get(key.name) if key else None
     data = []
-    for m in st.router.models:
-        if allowed is not None and m.name not in allowed:
-            continue
+    for m in st.models_for(key):
         for n in (m.name, *m.aliases):
             data.append({"id": n, "object": "model", "created": _CREATED, "owned_by": "citadel", "root": m.name})
     return {"object": "list", "data": data}
 
 
-@router.get("/v1/models/registry", summary="Catalog, live replica health, observed latency, recommendation")
+def _replica(r, admin: bool) -> dict:
+    out = {
+        "healthy": r.healthy,
+        "circuit": ("closed", "half-open", "open")[r.breaker.state],
+        "outstanding": r.outstanding,
+    }
+    if admin:  # where the replicas are and why they failed: for operators only
+        out = {"url": r.url, **out, "reason": r.reason}
+    return out
+
+
+@router.get(
+    "/v1/models/registry", summary="The key's models: catalog, live replica health, observed latency, recommendation"
+)
 async def registry(
     request: Request,
     priority: str | None = Query(None, pattern="^(speed|quality|balanced)$"),
     task: str | None = Query(None, pattern="^(chat|completion|code|embedding|reasoning)$"),
 ) -> dict:
-    require_key(request)
+    key = require_key(request)
     st = request.app.state.gateway.state
-    models = []
-    for m in st.router.models:
-        models.append(
-            {
-                "name": m.name,
-                "aliases": list(m.aliases),
-                "capabilities": list(m.capabilities),
-                "tier": m.tier,
-                "latency_ms": {"avg": m.cfg.latency_ms.avg, "p95": m.cfg.latency_ms.p95},
-                "observed_latency_ms": round(m.ewma_ms, 1) if m.ewma_ms is not None else None,
-                "observed_tokens_per_s": round(m.tps, 1) if m.tps is not None else None,
-                "fallbacks": list(m.fallbacks),
-                "healthy": m.healthy_count() > 0,
-                "replicas": [
-                    {
-                        "url": r.url,
-                        "healthy": r.healthy,
-                        "reason": r.reason,
-                        "circuit": ("closed", "half-open", "open")[r.breaker.state],
-                        "outstanding": r.outstanding,
-                    }
-                    for r in m.replicas
-                ],
-            }
-        )
+    admin = key is None or key.admin  # without auth the operator is the only client
+    mine = st.models_for(key)
+    models = [
+        {
+            "name": m.name,
+            "aliases": list(m.aliases),
+            "capabilities": list(m.capabilities),
+            "tier": m.tier,
+            "latency_ms": {"avg": m.cfg.latency_ms.avg, "p95": m.cfg.latency_ms.p95},
+            "observed_latency_ms": round(m.ewma_ms, 1) if m.ewma_ms is not None else None,
+            "observed_tokens_per_s": round(m.tps, 1) if m.tps is not None else None,
+            "fallbacks": [f for f in m.fallbacks if any(x.name == f for x in mine)],
+            "healthy": m.healthy_count() > 0,
+            "replicas": [_replica(r, admin) for r in m.replicas],
+        }
+        for m in mine
+    ]
     out: dict = {"object": "registry", "models": models}
     if priority or task:
-        out["recommendation"] = selection.recommend(st.router.models, task or "chat", priority or "balanced")
+        out["recommendation"] = selection.recommend(mine, task or "chat", priority or "balanced")
     return out

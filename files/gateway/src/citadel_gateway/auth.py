@@ -1,0 +1,96 @@
+"""API keys: one way to read and compare them on every route, and a throttle on failed attempts.
+
+A key is presented as ``Authorization: Bearer KEY`` or ``X-API-Key: KEY`` and compared as the
+sha256 of its raw bytes (so a non-ASCII key works the same on the hot path and on FastAPI's
+routes). A client address that keeps presenting bad keys is answered 429 without the key being
+looked at, until its bucket refills (``auth.failed_rpm`` / ``auth.failed_burst``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+
+from . import config as C
+from .errors import Denied
+from .limits import retry_after
+
+MISSING = Denied(401, "missing API key (Authorization: Bearer or X-API-Key)", "missing_api_key", "unauthorized")
+INVALID = Denied(401, "invalid API key", "invalid_api_key", "unauthorized")
+
+
+def presented(headers) -> bytes | None:
+    """The key in a raw ASGI/uvicorn header list ((lower-case name, value) bytes pairs)."""
+    bearer = xkey = None
+    for k, v in headers:
+        if k == b"authorization":
+            bearer = v
+        elif k == b"x-api-key":
+            xkey = v
+    if bearer is not None and bearer[:7].lower() == b"bearer ":
+        token = bearer[7:].strip()
+    elif xkey is not None:
+        token = xkey.strip()
+    else:
+        return None
+    return token or None
+
+
+def lookup(keys: dict[str, C.ApiKey], token: bytes) -> C.ApiKey | None:
+    digest = hashlib.sha256(token).hexdigest()
+    key = keys.get(digest)
+    if key is None or not hmac.compare_digest(key.sha256, digest):
+        return None
+    return key
+
+
+class FailedAuthThrottle:
+    """Token bucket of failed authentications per client address (bounded memory)."""
+
+    MAX_ADDRESSES = 65536
+
+    def __init__(self, clock=time.monotonic) -> None:
+        self.clock = clock
+        self._b: dict[str, list[float]] = {}
+
+    def blocked(self, addr: str, rpm: int, burst: int) -> float:
+        """Seconds until ``addr`` may try again (0: not blocked), without taking a token."""
+        b = self._b.get(addr)
+        if b is None:
+            return 0.0
+        tokens = min(float(burst), b[0] + (self.clock() - b[1]) * rpm / 60.0)
+        return 0.0 if tokens >= 1.0 else (1.0 - tokens) * 60.0 / rpm
+
+    def failed(self, addr: str, rpm: int, burst: int) -> None:
+        now = self.clock()
+        b = self._b.get(addr)
+        if b is None:
+            if len(self._b) >= self.MAX_ADDRESSES:
+                self._b.pop(next(iter(self._b)))  # the oldest entry (dicts keep insertion order)
+            self._b[addr] = [burst - 1.0, now]
+            return
+        b[0] = max(0.0, min(float(burst), b[0] + (now - b[1]) * rpm / 60.0) - 1.0)
+        b[1] = now
+
+
+def authenticate(cfg: C.Auth, keys: dict, throttle: FailedAuthThrottle, headers, client: str | None):
+    """The key (config.ApiKey), None when auth is off, or a Denied answer."""
+    if not cfg.required:
+        return None
+    addr = client or "-"
+    wait = throttle.blocked(addr, cfg.failed_rpm, cfg.failed_burst)
+    if wait > 0:
+        return Denied(
+            429,
+            "too many failed authentications from this address",
+            "auth_throttled",
+            "auth_throttled",
+            ((b"retry-after", retry_after(wait).encode()),),
+        )
+    token = presented(headers)
+    key = lookup(keys, token) if token is not None else None
+    if key is None:
+        throttle.failed(addr, cfg.failed_rpm, cfg.failed_burst)
+        return MISSING if token is None else INVALID
+    return key
