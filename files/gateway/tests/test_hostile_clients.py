@@ -35,11 +35,12 @@ def post(path: str = "/v1/chat/completions", auth: str = AUTH, extra: str = "", 
     ).encode() + body
 
 
-def read_answer(sock: socket.socket, timeout: float = 10.0) -> tuple[int, dict, bytes]:
-    """One response with a content-length (or a 100 Continue); fails if the server closes first."""
+def read_answers(sock: socket.socket, n: int, timeout: float = 10.0) -> list[tuple[int, dict, bytes]]:
+    """n responses with a content-length; fails if the server closes first."""
     sock.settimeout(timeout)
     buf = b""
-    while True:
+    out: list[tuple[int, dict, bytes]] = []
+    while len(out) < n:
         end = buf.find(b"\r\n\r\n")
         if end >= 0:
             lines = buf[:end].decode("latin-1").split("\r\n")
@@ -47,10 +48,19 @@ def read_answer(sock: socket.socket, timeout: float = 10.0) -> tuple[int, dict, 
             headers = {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
             size = int(headers.get("content-length", "0"))
             if len(buf) >= end + 4 + size:
-                return status, headers, buf[end + 4 : end + 4 + size]
+                out.append((status, headers, buf[end + 4 : end + 4 + size]))
+                buf = buf[end + 4 + size :]
+                continue
         data = sock.recv(65536)
-        assert data, f"closed before a complete answer: {buf[:300]!r}"
+        assert data, f"closed after {len(out)} complete answers: {buf[:300]!r}"
         buf += data
+    assert not buf, f"more than {n} answers: {buf[:300]!r}"
+    return out
+
+
+def read_answer(sock: socket.socket, timeout: float = 10.0) -> tuple[int, dict, bytes]:
+    """The one response to what was sent (a 100 Continue counts as one)."""
+    return read_answers(sock, 1, timeout)[0]
 
 
 def ended(sock: socket.socket, timeout: float = 10.0) -> bool:
@@ -341,10 +351,10 @@ def test_pipelined_refusal_waits_for_the_answer_before_it(cl):
     g = cl[0]
     with connect(g.port) as s:
         s.sendall(post(extra="X-Request-Id: first\r\n") + post(auth=""))
-        status, headers, body = read_answer(s)
+        (status, headers, body), refused = read_answers(s, 2)
         assert (status, headers["x-request-id"]) == (200, "first")
         assert json.loads(body)["object"] == "chat.completion"
-        assert_error(*read_answer(s), 401)
+        assert_error(*refused, 401)
         assert ended(s)
 
 
