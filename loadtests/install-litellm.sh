@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install a pinned LiteLLM proxy into its own venv, only as a comparison point for
-# loadtests/bench_gateway.py (LAB.md measured 1.106.2). Not a dependency of the gateway.
+# loadtests/bench_gateway.py (1.106.2, the version first measured here). Not a dependency of the gateway.
 # Usage: loadtests/install-litellm.sh [VENV_DIR]
 set -euo pipefail
 

@@ -6,10 +6,10 @@ It answers like a vLLM OpenAI server (/health, /v1/models, /v1/chat/completions,
 does no work, so that what a benchmark measures in front of it is the proxy.
 Two servers for the same answers:
 - ``--server raw`` (default here): a raw asyncio protocol (uvloop when installed), ~30 k req/s
-  on one core, 2-3x faster than the stub behind LAB.md's reference figures;
-- ``--server aiohttp``: aiohttp.web, ~11-14 k req/s and p50 ~0.17 ms at one connection, like
-  LAB.md's stub; bench_gateway.py uses it by default so that its shares of direct throughput
-  are comparable with LAB.md's (its bare-proxy row checks that calibration in every run).
+  on one core, 2-3x faster than the stub the benchmark's targets were set against;
+- ``--server aiohttp``: aiohttp.web, ~11-14 k req/s and p50 ~0.17 ms at one connection, the
+  stub those targets were set against; bench_gateway.py uses it by default so that its shares
+  of direct throughput stay comparable (its bare-proxy row checks that calibration every run).
 
     python loadtests/stub_upstream.py --port 18001 --model bench-model --chunk-interval-ms 10
 """

@@ -108,7 +108,7 @@ def _in_unit_namespace(host, pid: str, command: str) -> subprocess.CompletedProc
 
 def test_sandbox_is_applied_not_only_configured(host):
     # systemctl show prints ProtectSystem=strict even where systemd could not
-    # build the namespace (LAB.md): look from inside the running unit.
+    # build the namespace (podman without SYS_ADMIN): look from inside the running unit.
     for model in _models(host):
         name = model["name"]
         pid = host.service(f"vllm-{name}.service").systemd_properties["MainPID"]
