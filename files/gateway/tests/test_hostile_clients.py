@@ -14,11 +14,10 @@ from pathlib import Path
 
 import pytest
 from citadel_gateway import server as S
-from conftest import KEYS, Stub, base_config, wait_ready
+from conftest import Stub, base_config, wait_ready
+from rawhttp import AUTH, BODY, post, read_responses
 
 MiB = 1024 * 1024
-BODY = json.dumps({"model": "chat-a", "messages": [{"role": "user", "content": "hi"}]}).encode()
-AUTH = f"Authorization: Bearer {KEYS['ops']}\r\n"
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -28,34 +27,8 @@ def connect(port: int) -> socket.socket:
     return s
 
 
-def post(path: str = "/v1/chat/completions", auth: str = AUTH, extra: str = "", body: bytes = BODY) -> bytes:
-    return (
-        f"POST {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n{extra}\r\n"
-    ).encode() + body
-
-
 def read_answers(sock: socket.socket, n: int, timeout: float = 10.0) -> list[tuple[int, dict, bytes]]:
-    """n responses with a content-length; fails if the server closes first."""
-    sock.settimeout(timeout)
-    buf = b""
-    out: list[tuple[int, dict, bytes]] = []
-    while len(out) < n:
-        end = buf.find(b"\r\n\r\n")
-        if end >= 0:
-            lines = buf[:end].decode("latin-1").split("\r\n")
-            status = int(lines[0].split()[1])
-            headers = {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
-            size = int(headers.get("content-length", "0"))
-            if len(buf) >= end + 4 + size:
-                out.append((status, headers, buf[end + 4 : end + 4 + size]))
-                buf = buf[end + 4 + size :]
-                continue
-        data = sock.recv(65536)
-        assert data, f"closed after {len(out)} complete answers: {buf[:300]!r}"
-        buf += data
-    assert not buf, f"more than {n} answers: {buf[:300]!r}"
-    return out
+    return read_responses(sock, n, timeout, exact=True)
 
 
 def read_answer(sock: socket.socket, timeout: float = 10.0) -> tuple[int, dict, bytes]:

@@ -10,41 +10,7 @@ import time
 
 import pytest
 from conftest import KEYS
-
-BODY = json.dumps({"model": "chat-a", "messages": [{"role": "user", "content": "hi"}]}).encode()
-
-
-def post(path: str = "/v1/chat/completions", version: str = "1.1", extra: str = "", body: bytes = BODY) -> bytes:
-    return (
-        f"POST {path} HTTP/{version}\r\nHost: x\r\nAuthorization: Bearer {KEYS['ops']}\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n{extra}\r\n"
-    ).encode() + body
-
-
-def read_responses(sock: socket.socket, n: int, timeout: float = 5.0) -> list[tuple[int, dict, bytes]]:
-    """Read n complete content-length responses (ours never chunk a non-streamed answer)."""
-    sock.settimeout(timeout)
-    buf = b""
-    out = []
-    while len(out) < n:
-        end = buf.find(b"\r\n\r\n")
-        if end >= 0:
-            head = buf[:end].decode("latin-1").split("\r\n")
-            status = int(head[0].split()[1])
-            headers = {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in head[1:])}
-            size = int(headers.get("content-length", "0"))
-            if status == 100:
-                out.append((100, headers, b""))
-                buf = buf[end + 4 :]
-                continue
-            if len(buf) >= end + 4 + size:
-                out.append((status, headers, buf[end + 4 : end + 4 + size]))
-                buf = buf[end + 4 + size :]
-                continue
-        data = sock.recv(65536)
-        assert data, f"connection closed after {len(out)} responses: {buf[-200:]!r}"
-        buf += data
-    return out
+from rawhttp import post, read_responses
 
 
 @pytest.fixture
