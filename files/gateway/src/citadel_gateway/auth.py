@@ -28,6 +28,11 @@ def presented(headers) -> bytes | None:
             bearer = v
         elif k == b"x-api-key":
             xkey = v
+    return token_of(bearer, xkey)
+
+
+def token_of(bearer: bytes | None, xkey: bytes | None) -> bytes | None:
+    """The key from the last ``Authorization`` and ``X-API-Key`` values (a Bearer token first)."""
     if bearer is not None and bearer[:7].lower() == b"bearer ":
         token = bearer[7:].strip()
     elif xkey is not None:
@@ -78,6 +83,11 @@ def authenticate(cfg: C.Auth, keys: dict, throttle: FailedAuthThrottle, headers,
     """The key (config.ApiKey), None when auth is off, or a Denied answer."""
     if not cfg.required:
         return None
+    return authenticate_token(cfg, keys, throttle, presented(headers), client)
+
+
+def authenticate_token(cfg: C.Auth, keys: dict, throttle: FailedAuthThrottle, token: bytes | None, client: str | None):
+    """``authenticate`` for a token already read from the headers (auth required)."""
     addr = client or "-"
     wait = throttle.blocked(addr, cfg.failed_rpm, cfg.failed_burst)
     if wait > 0:
@@ -88,7 +98,6 @@ def authenticate(cfg: C.Auth, keys: dict, throttle: FailedAuthThrottle, headers,
             "auth_throttled",
             ((b"retry-after", retry_after(wait).encode()),),
         )
-    token = presented(headers)
     key = lookup(keys, token) if token is not None else None
     if key is None:
         throttle.failed(addr, cfg.failed_rpm, cfg.failed_burst)

@@ -41,6 +41,7 @@ class Request:
         "conn",
         "waiting",
         "hooked",
+        "state",
         "t0",
     )
 
@@ -63,6 +64,7 @@ class Request:
         self.conn = None  # the upstream connection in flight (aborted when the client leaves)
         self.waiting = None  # the task waiting in a model's queue (cancelled when the client leaves)
         self.hooked = False  # the server tells us of a disconnect (else the stream relay watches)
+        self.state = None  # the gateway.State whose keys check_head judged it by (None: not judged)
         self.t0 = t0
 
     @property

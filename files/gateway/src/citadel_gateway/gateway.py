@@ -159,23 +159,42 @@ class Gateway:
 
     # -- the hot path ------------------------------------------------------------------
     def check_head(self, path: str, headers, client: str | None, content_length: int | None, expect_continue: bool):
-        """Verdict on a complete request head, before any body byte is read: None (go on), or
-        (status, headers, body) to answer and close. Hot paths: the key (401, 429 for an
-        address that keeps failing); every path: a declared body over server.max_body_bytes (413)."""
+        """Verdict on a complete request head, before any body byte is read: a refusal
+        (status, headers, body) to answer and close, or the go-on value to hand to ``serve``
+        (for a hot path the Request, its key found once here; None elsewhere). Hot paths: the
+        key (401, 429 for an address that keeps failing); every path: a declared body over
+        server.max_body_bytes (413)."""
         st = self.state
         denied = None
-        if path in HOT:
-            verdict = auth.authenticate(st.cfg.auth, st.keys, self.failed_auth, headers, client)
-            if isinstance(verdict, Denied):
-                denied = verdict
+        hot = path in HOT
+        if hot:
+            # One pass over the headers: the key and the client's request id.
+            bearer = xkey = rid = None
+            for k, v in headers:
+                if k == b"authorization":
+                    bearer = v
+                elif k == b"x-api-key":
+                    xkey = v
+                elif k == b"x-request-id" and rid is None:
+                    rid = v
+            req = Request(path, 0.0)
+            req.rid = rid if rid is not None and _RID_OK.match(rid) else self.new_rid()
+            req.state = st
+            a = st.cfg.auth
+            if a.required:
+                verdict = auth.authenticate_token(a, st.keys, self.failed_auth, auth.token_of(bearer, xkey), client)
+                if type(verdict) is Denied:
+                    denied = verdict
+                else:
+                    req.key = verdict
+                    req.allowed = st.allowed[verdict.name]
         limit = st.cfg.server.max_body_bytes
         if denied is None and content_length is not None and content_length > limit:
             denied = Denied(413, f"request body over {limit} bytes", "body_too_large", "body_too_large")
         if denied is None:
-            return None
-        if path in HOT:
-            req = Request(path, time.perf_counter())
-            req.rid = self._client_rid(headers)
+            return req if hot else None
+        if hot:
+            req.t0 = time.perf_counter()
             self._finish(req, self._count(denied, req))
             return (
                 denied.status,
@@ -195,13 +214,13 @@ class Gateway:
         if scope["method"] == "POST":
             client = scope.get("client")
             verdict = self.check_head(scope["path"], scope["headers"], client[0] if client else None, None, False)
-            if verdict is not None:
+            if type(verdict) is tuple:
                 await out.whole(*verdict)
                 return
             body = await out.read_body(self.state.cfg.server.max_body_bytes)
         else:
-            body = b""
-        await self.serve(scope["method"], scope["path"], scope["headers"], body, out)
+            verdict, body = None, b""
+        await self.serve(scope["method"], scope["path"], scope["headers"], body, out, verdict)
 
     def _client_rid(self, headers) -> bytes:
         for k, v in headers:
@@ -211,11 +230,15 @@ class Gateway:
                 break
         return self.new_rid()
 
-    async def serve(self, method: str, path: str, headers, body, out) -> None:
-        """Answer one request on a hot path whose head passed ``check_head``. ``body`` is the
-        whole body, or TOO_LARGE / GONE; ``out`` writes the answer (server.HotCycle or AsgiResponder)."""
-        req = Request(path, time.perf_counter())
-        req.rid = self._client_rid(headers)
+    async def serve(self, method: str, path: str, headers, body, out, req: Request | None = None) -> None:
+        """Answer one request on a hot path whose head passed ``check_head`` (``req``: what it
+        returned; None when the head was not judged, e.g. a GET). ``body`` is the whole body,
+        or TOO_LARGE / GONE; ``out`` writes the answer (server.HotCycle or AsgiResponder)."""
+        if req is None:
+            req = Request(path, time.perf_counter())
+            req.rid = self._client_rid(headers)
+        else:
+            req.t0 = time.perf_counter()
         try:
             status = await self._handle(method, headers, body, out, req)
         except StreamAborted:
@@ -262,14 +285,16 @@ class Gateway:
                 ((b"allow", b"POST"),),
             )
         st = self.state
-        key = None
-        if st.cfg.auth.required:
-            token = auth.presented(headers)
-            key = auth.lookup(st.keys, token) if token is not None else None
-            if key is None:  # the head passed check_head: only a reload in between gets here
-                return await self._deny(out, req, auth.INVALID)
-            req.key = key
-            req.allowed = st.allowed[key.name]
+        if req.state is not st:  # not judged by check_head, or a reload since: judge by the new keys
+            req.key = req.allowed = None
+            if st.cfg.auth.required:
+                token = auth.presented(headers)
+                key = auth.lookup(st.keys, token) if token is not None else None
+                if key is None:  # a POST whose head passed check_head: only a reload in between gets here
+                    return await self._deny(out, req, auth.INVALID)
+                req.key = key
+                req.allowed = st.allowed[key.name]
+        key = req.key
         if body is TOO_LARGE:
             limit = st.cfg.server.max_body_bytes
             return await send_error(out, 413, f"request body over {limit} bytes", "body_too_large", req.rid)

@@ -159,9 +159,12 @@ class HotCycle:
         "disconnected",
         "on_disconnect",
         "started",
+        "req",
     )
 
-    def __init__(self, proto: GatewayHttpProtocol, path: str, headers: list, keep_alive: bool, limit: int) -> None:
+    def __init__(
+        self, proto: GatewayHttpProtocol, path: str, headers: list, keep_alive: bool, limit: int, req=None
+    ) -> None:
         self.proto = proto
         self.transport = proto.raw_transport
         self.path = path
@@ -175,6 +178,7 @@ class HotCycle:
         self.disconnected = False
         self.on_disconnect = None
         self.started = False
+        self.req = req  # check_head's go-on value for this head (gateway.Request), handed to serve
 
     def add(self, data: bytes) -> bool:
         """Collect a body part; True when the body just went over the limit (answer now)."""
@@ -513,7 +517,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
                 cl,
                 self.expect_100_continue,
             )
-            if verdict is not None:
+            if type(verdict) is tuple:
                 self.refusal = self._answer(*verdict)
                 raise _Stop
             if (
@@ -525,7 +529,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
                 and not parser.should_upgrade()
             ):
                 self.cycle = HotCycle(
-                    self, path, self.headers, parser.should_keep_alive(), gw.state.cfg.server.max_body_bytes
+                    self, path, self.headers, parser.should_keep_alive(), gw.state.cfg.server.max_body_bytes, verdict
                 )
                 return
         self.scope = {  # as uvicorn's on_message_begin
@@ -649,7 +653,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     async def _serve_hot(self, cycle: HotCycle) -> None:
         try:
-            await self.gateway.serve("POST", cycle.path, cycle.headers, cycle.body(), cycle)
+            await self.gateway.serve("POST", cycle.path, cycle.headers, cycle.body(), cycle, cycle.req)
         finally:
             if not cycle.response_complete and not cycle.disconnected:
                 # serve() always answers unless cancelled (forced shutdown): never leave a client hanging
