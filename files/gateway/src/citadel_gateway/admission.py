@@ -18,6 +18,18 @@ _RETRY_1 = ((b"retry-after", b"1"),)
 GONE = Denied(499, "client disconnected", "client_gone", "client_gone")
 
 
+def rate_limit_now(limiter: MemoryLimiter, key) -> Denied | None:
+    """``rate_limit`` for the in-memory limiter, without a coroutine."""
+    wait = limiter.take_now(key.name, key.rpm, key.burst)
+    return _limited(wait) if wait > 0 else None
+
+
+def _limited(wait: float) -> Denied:
+    return Denied(
+        429, "rate limit exceeded", "rate_limited", "rate_limited", ((b"retry-after", retry_after(wait).encode()),)
+    )
+
+
 async def rate_limit(limiter, on_error: str, metrics_inc, key) -> Denied | None:
     """The key's token bucket (memory or Redis); Redis failures follow rate_limit.on_redis_error."""
     if isinstance(limiter, MemoryLimiter):
@@ -35,9 +47,7 @@ async def rate_limit(limiter, on_error: str, metrics_inc, key) -> Denied | None:
             log.error("rate limiter unavailable, allowing request: %s", e)
             return None
     if wait > 0:
-        return Denied(
-            429, "rate limit exceeded", "rate_limited", "rate_limited", ((b"retry-after", retry_after(wait).encode()),)
-        )
+        return _limited(wait)
     return None
 
 
@@ -49,6 +59,15 @@ class Slot:
     def __init__(self, queues: dict) -> None:
         self.queues = queues  # model name -> limits.Admission
         self.held = None
+
+    def try_take(self, model: str) -> bool:
+        """``take`` when ``model`` has a free slot and nobody waits: True (held), without a coroutine."""
+        self.release()
+        adm = self.queues[model]
+        if adm.try_acquire():
+            self.held = adm
+            return True
+        return False
 
     async def take(self, model: str, req) -> Denied | None:
         """Give back what is held, then wait for ``model``'s slot (or a refusal)."""

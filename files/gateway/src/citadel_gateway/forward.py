@@ -17,6 +17,7 @@ from .relay import Relay
 from .upstream import Refused, UpstreamError, UpstreamTimeout
 
 _RETRY_5 = ((b"retry-after", b"5"),)
+_STARTS: dict[tuple[str, str], bytes] = {}  # (path, replica label) -> the request head up to the length
 
 
 def _allowed(req, name: str) -> bool:
@@ -43,20 +44,16 @@ class Forward:
 
     def _head(self, r) -> bytes:
         req = self.req
-        req.upstream_rid = b"%s-%d" % (self.gw.new_rid(), req.attempts)
-        return b"".join(
-            (
-                b"POST ",
+        rid = req.upstream_rid = b"%s-%d" % (self.gw.new_rid(), req.attempts)
+        start = _STARTS.get((req.path, r.label))
+        if start is None:
+            start = b"POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: " % (
                 req.path.encode(),
-                b" HTTP/1.1\r\nHost: ",
                 r.label.encode(),
-                b"\r\nContent-Type: application/json\r\nContent-Length: ",
-                str(len(self.body)).encode(),
-                b"\r\nX-Request-Id: ",
-                req.upstream_rid,
-                b"\r\n\r\n",
             )
-        )
+            if len(_STARTS) < 4096:  # paths x replica labels: small, but reloads may add labels
+                _STARTS[(req.path, r.label)] = start
+        return b"%s%d\r\nX-Request-Id: %s\r\n\r\n" % (start, len(self.body), rid)
 
     def _switch(self, model) -> None:
         self.obj["model"] = model.name

@@ -20,7 +20,7 @@ import time
 from . import auth, selection
 from . import config as C
 from .accesslog import AccessLog, line
-from .admission import Slot, rate_limit
+from .admission import Slot, rate_limit, rate_limit_now
 from .asgi import AsgiResponder, StreamAborted
 from .backends import Router
 from .context import GONE, HOT, TOO_LARGE, Request
@@ -339,7 +339,11 @@ class Gateway:
                 Denied(403, f"key {key.name!r} may not use model {model.name!r}", "model_not_allowed", "forbidden"),
             )
         if key is not None:
-            refused = await rate_limit(self.limiter, st.cfg.rate_limit.on_redis_error, self._limiter_error, key)
+            limiter = self.limiter
+            if type(limiter) is MemoryLimiter:
+                refused = rate_limit_now(limiter, key)
+            else:
+                refused = await rate_limit(limiter, st.cfg.rate_limit.on_redis_error, self._limiter_error, key)
             if refused is not None:
                 return await self._deny(out, req, refused)
         if model.name != name:
@@ -349,7 +353,7 @@ class Gateway:
         req.hooked = out.hook_disconnect(req.on_disconnect)  # a client disconnect aborts the upstream request
         slot = Slot(st.admission)
         try:
-            refused = await slot.take(model.name, req)
+            refused = None if slot.try_take(model.name) else await slot.take(model.name, req)
             if refused is None:
                 refused = await Forward(self, st, req, obj, body, out, slot).run(model, obj.get("stream") is True)
             if isinstance(refused, Denied):

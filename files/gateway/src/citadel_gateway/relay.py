@@ -85,7 +85,9 @@ class Relay:
         if length is not None and length > PASS_ON_BYTES and length <= limit:
             return await self.pass_on()
         try:
-            data = await resp.read(limit)  # raises at once when the head declared too much
+            data = resp.read_now(limit)
+            if data is None:
+                data = await resp.read(limit)  # raises at once when the head declared too much
         except ResponseTooLarge:
             self.r.breaker.success()  # the replica works; its answer is just more than we relay
             req.error = f"upstream answer over upstream.max_response_bytes ({limit})"

@@ -633,7 +633,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         self.server_state.total_requests += 1
-        if self.transport.is_closing():
+        if self.raw_transport.is_closing():
             return
         self.flow.resume_reading()
         if self.pipeline:

@@ -138,6 +138,23 @@ class Response:
             buf += c
         return buf
 
+    def read_now(self, limit: int = DEFAULT_READ_LIMIT) -> bytes | None:
+        """What ``read(limit)`` would return when the whole body is here already in one piece
+        and within the limit (the common case for a small answer), without a coroutine; else
+        None (then await ``read``)."""
+        chunks = self._chunks
+        if not self._done or len(chunks) != 1:
+            return None
+        c = chunks[0]
+        n = self.content_length
+        if len(c) > limit or (n is not None and n > limit):
+            return None
+        chunks.popleft()
+        self._buffered -= len(c)
+        if self._buffered < _HIGH_WATER:
+            self._conn.resume()
+        return c
+
     def _too_large(self, limit: int, received: int) -> ResponseTooLarge:
         e = ResponseTooLarge(limit, received, self.content_length)
         self._chunks.clear()
