@@ -2,7 +2,7 @@
 
 Starts the stub upstream and a full gateway (auth, memory rate limits, routing, metrics, access
 log to a file), then, interleaved over --rounds: wrk c=64 direct vs through the gateway (req/s
-and the gateway's CPU seconds per request from /proc/<pid>/stat), wrk c=1 p50 direct vs gateway,
+and the gateway's CPU seconds per request from /proc/<pid>/stat), wrk c=1 p50 and p99 direct vs gateway,
 and a streamed request (10 chunks, 10 ms apart): first-chunk delay and chunk spacing.
 
   .cache/gateway-venv/bin/python files/gateway/scripts/quickbench.py [--rounds 3]
@@ -50,7 +50,11 @@ def cpu_s(pid: int) -> float:
     return (int(f[11]) + int(f[12])) / TICK
 
 
-def wrk(port: int, conns: int, secs: int, lua: str) -> tuple[int, float, float]:
+def _ms(m) -> float:
+    return float(m.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[m.group(2)]
+
+
+def wrk(port: int, conns: int, secs: int, lua: str) -> tuple[int, float, float, float]:
     out = subprocess.run(
         [
             "wrk",
@@ -68,11 +72,11 @@ def wrk(port: int, conns: int, secs: int, lua: str) -> tuple[int, float, float]:
     ).stdout
     n = int(re.search(r"(\d+) requests in", out).group(1))
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    p50 = re.search(r"50%\s+([\d.]+)(us|ms|s)", out)
-    p50_ms = float(p50.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[p50.group(2)]
+    p50_ms = _ms(re.search(r"50%\s+([\d.]+)(us|ms|s)", out))
+    p99_ms = _ms(re.search(r"99%\s+([\d.]+)(us|ms|s)", out))
     if "Non-2xx" in out:
         raise SystemExit("non-2xx answers in the benchmark:\n" + out)
-    return n, rps, p50_ms
+    return n, rps, p50_ms, p99_ms
 
 
 def stream_times(port: int, key: str | None) -> tuple[float, list[float]]:
@@ -138,12 +142,12 @@ def main() -> None:
         wrk(gp, 64, 1, str(lua))  # warm up
         rows = []
         for _ in range(a.rounds):
-            _, d_rps, _ = wrk(sp, 64, a.seconds, str(lua))
+            _, d_rps, _, _ = wrk(sp, 64, a.seconds, str(lua))
             c0 = cpu_s(gw.pid)
-            n, g_rps, _ = wrk(gp, 64, a.seconds, str(lua))
+            n, g_rps, _, _ = wrk(gp, 64, a.seconds, str(lua))
             cpu_us = (cpu_s(gw.pid) - c0) / n * 1e6
-            _, _, d_p50 = wrk(sp, 1, 2, str(lua))
-            _, _, g_p50 = wrk(gp, 1, 2, str(lua))
+            _, _, d_p50, d_p99 = wrk(sp, 1, 2, str(lua))
+            _, _, g_p50, g_p99 = wrk(gp, 1, 2, str(lua))
             subprocess.run(
                 [
                     "curl",
@@ -168,6 +172,7 @@ def main() -> None:
                     "share": g_rps / d_rps,
                     "cpu_us_per_req": cpu_us,
                     "added_p50_ms_c1": g_p50 - d_p50,
+                    "added_p99_ms_c1": g_p99 - d_p99,
                     "stream_first_chunk_added_ms": (g_first - d_first) * 1000,
                     "stream_gap_ms_median": statistics.median(g_gaps) * 1000,
                     "stream_gap_ms_max": max(g_gaps) * 1000,
