@@ -30,7 +30,6 @@ Everything here that touches uvicorn internals is checked at start-up by ``check
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import urllib.parse
 
@@ -39,6 +38,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from . import config as C
 from . import gateway as _gw  # the module, not its names: gateway.py may import this module first
+from .errors import JSON_CT, error_body
 
 __all__ = ["GatewayHttpProtocol", "HotCycle", "UVICORN_PIN", "check_uvicorn", "hook_asgi_disconnect"]
 
@@ -71,8 +71,7 @@ def _bind_gateway() -> None:
 
 
 def _error(status: int, message: str, code: str) -> tuple[int, list, bytes]:
-    body = json.dumps({"error": {"message": message, "type": "invalid_request_error", "code": code}}).encode()
-    return status, [(b"content-type", b"application/json")], body
+    return status, [JSON_CT], error_body(status, message, code)
 
 
 class _Stop(Exception):
