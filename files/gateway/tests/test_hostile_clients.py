@@ -1,5 +1,5 @@
 """Hostile clients against a real gateway process on raw sockets (issue 11: nothing for free
-before authentication; uvicorn's limits). server.py does the work, ``Gateway.check_head`` the
+before authentication; uvicorn's limits). The server package does the work, ``Gateway.check_head`` the
 verdicts. Outcomes and counts are asserted; time only as generous upper bounds."""
 
 from __future__ import annotations
@@ -333,7 +333,7 @@ def test_pipelined_refusal_waits_for_the_answer_before_it(cl):
 
 # -- uvicorn internals ----------------------------------------------------------------------------
 def test_uvicorn_is_pinned_and_checked():
-    S.check_uvicorn()  # the installed uvicorn has everything server.py uses
+    S.check_uvicorn()  # the installed uvicorn has everything the server package uses
     root = Path(__file__).resolve().parents[1]
     assert f'"uvicorn=={S.UVICORN_PIN}"' in (root / "pyproject.toml").read_text()
     assert f"\nuvicorn=={S.UVICORN_PIN}\n" in (root / "requirements.lock").read_text()
@@ -342,7 +342,7 @@ def test_uvicorn_is_pinned_and_checked():
 def test_uvicorn_check_names_what_is_missing(monkeypatch):
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-    monkeypatch.setattr(S, "UVICORN_PIN", "0.0.1")
+    monkeypatch.setattr(S.compat, "UVICORN_PIN", "0.0.1")  # check_uvicorn reads it there
     monkeypatch.delattr(HttpToolsProtocol, "send_400_response")
     with pytest.raises(RuntimeError) as e:
         S.check_uvicorn()

@@ -35,7 +35,7 @@ class AsgiResponder:
     def hook_disconnect(self, callback) -> bool:
         """Under our uvicorn protocol a disconnect calls ``callback`` at once; elsewhere (False)
         the stream relay watches ``receive`` instead."""
-        from .server import hook_asgi_disconnect  # server.py imports the gateway: late import
+        from .server import hook_asgi_disconnect  # server/ imports the gateway: late import
 
         return hook_asgi_disconnect(self.receive, callback)
 

@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     from .server import GatewayHttpProtocol, check_uvicorn
 
     try:
-        check_uvicorn()  # server.py subclasses uvicorn internals: refuse to start on anything else
+        check_uvicorn()  # server/ subclasses uvicorn internals: refuse to start on anything else
     except RuntimeError as e:
         print(f"citadel-gateway: {e}", file=sys.stderr)
         return 3

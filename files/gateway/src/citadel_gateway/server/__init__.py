@@ -1,0 +1,42 @@
+"""Our uvicorn protocol: the three hot POST endpoints are served without ASGI, and nothing is
+given away to a client before its request head has been judged.
+
+uvicorn's httptools protocol builds an ASGI scope, a RequestResponseCycle with an
+asyncio.Event, message dicts and a wrapper coroutine for every request; on this path that
+was ~40 % of the gateway's CPU. For a plain ``POST`` to a hot path (HTTP/1.1, not
+pipelined, no ``Expect: 100-continue``) this protocol collects the headers and body itself and
+runs ``Gateway.serve`` with a ``HotCycle`` that writes the answer straight to the socket;
+everything else (other routes, the odd cases above) goes through uvicorn and ASGI as usual.
+Keep-alive, graceful shutdown, flow control and pipelining stay uvicorn's.
+
+Hostile clients (``server.*`` in the config), on every route:
+
+- the request line and headers are limited as they arrive: URL over ``max_url_bytes`` → 414,
+  more than ``max_header_count`` headers or a head over ``max_head_bytes`` → 431 (the parser is
+  never fed more than the head budget, so no header is ever buffered past the limit);
+- when a head is complete, ``Gateway.check_head`` gives its verdict before a body byte is read
+  (auth, failed-auth throttle, declared size); a refusal is answered with ``Connection: close``,
+  never a ``100 Continue``, and the connection is closed after a short lingering drain;
+- one sweep a second (no timer per request) closes heads not complete within
+  ``head_timeout_s``, answers 408 to bodies not complete within ``body_timeout_s``, closes
+  keep-alive connections idle past uvicorn's keep-alive timeout and a client's oldest idle
+  connections beyond ``max_idle_per_client``; connections beyond ``max_connections`` are closed
+  at accept.
+
+This package is the only place that touches uvicorn internals; every one it uses is checked at
+start-up by ``check_uvicorn`` (cli.main), against the exact uvicorn version pinned in
+pyproject.toml.
+
+- ``protocol``: GatewayHttpProtocol (connection, input, parser callbacks, the hot path's start);
+- ``refusal``: its refusals and timeout answers (``Connection: close``, the lingering drain);
+- ``cycle``: HotCycle and the coalescing transport, the response writers;
+- ``sweeper``: the connection phases and the once-a-second sweep of every time limit;
+- ``compat``: the pinned uvicorn version, the internals used and their check; the ASGI
+  disconnect hook.
+"""
+
+from .compat import UVICORN_PIN, check_uvicorn, hook_asgi_disconnect
+from .cycle import HotCycle
+from .protocol import GatewayHttpProtocol
+
+__all__ = ["GatewayHttpProtocol", "HotCycle", "UVICORN_PIN", "check_uvicorn", "hook_asgi_disconnect"]
