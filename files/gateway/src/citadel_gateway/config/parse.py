@@ -1,206 +1,33 @@
-"""Load and validate the gateway's YAML config (no web framework imports).
-
-The schema is the one the llm_gateway role renders; see README.md. Every error names
-the offending key path, e.g. ``models[1].replicas[0]: expected a URL http://host:port``.
-"""
+"""From a YAML document (or ``--backend`` pairs) to a Config: the section parsers and the
+checks across sections (unique names, known fallbacks and key models)."""
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 import yaml
 
-CAPABILITIES = ("chat", "completion", "embedding", "code", "reasoning")
-TIERS = ("heavyweight", "lightweight", "embedding")
+from .checks import _bool, _list, _map, _num, _optional_positive, _str, _url
+from .schema import (
+    CAPABILITIES,
+    TIERS,
+    ApiKey,
+    Auth,
+    Circuit,
+    Config,
+    ConfigError,
+    Health,
+    Latency,
+    Model,
+    Queue,
+    RateLimit,
+    Retry,
+    Server,
+    Upstream,
+)
+
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
-
-
-class ConfigError(ValueError):
-    """A config problem; the message names the key."""
-
-
-@dataclass(frozen=True)
-class Server:
-    host: str = "0.0.0.0"
-    port: int = 8000
-    max_body_bytes: int = 4 * 1024 * 1024
-    access_log: bool = True
-    drain_seconds: float = 30
-    # Hostile-client limits (checked before any body byte is read).
-    head_timeout_s: float = 10  # a request head must be complete within this (slowloris)
-    body_timeout_s: float = 30  # a declared body must arrive within this after the head
-    max_url_bytes: int = 8192  # longer request target: 414
-    max_header_count: int = 100  # more header lines: 431
-    max_head_bytes: int = 32768  # request line + headers larger: 431
-    max_connections: int = 8192  # open client connections per process; beyond: closed at accept
-    max_idle_per_client: int = 256  # idle keep-alive connections per client address; beyond: the oldest closed
-
-
-@dataclass(frozen=True)
-class ApiKey:
-    name: str
-    sha256: str
-    models: tuple[str, ...] = ("*",)
-    rpm: int = 1000
-    burst: int = 100
-    admin: bool = False  # may see replica URLs and failure reasons in /v1/models/registry
-
-
-@dataclass(frozen=True)
-class Auth:
-    required: bool = False
-    keys: tuple[ApiKey, ...] = ()
-    # Failed authentications per client address: token bucket, then 429.
-    failed_rpm: int = 60
-    failed_burst: int = 20
-
-
-@dataclass(frozen=True)
-class RateLimit:
-    backend: str = "memory"
-    redis_url: str | None = None
-    # Redis unreachable: "allow" serves the request (and logs an ERROR), "reject" answers 503.
-    on_redis_error: str = "allow"
-    # Bounded waits on Redis (a blackholed Redis must not hang requests); a timeout is an error
-    # like any other and goes through on_redis_error.
-    connect_timeout_s: float = 0.25
-    timeout_s: float = 0.25
-
-
-@dataclass(frozen=True)
-class Health:
-    interval_s: float = 30
-    timeout_s: float = 5
-
-
-@dataclass(frozen=True)
-class Circuit:
-    failures: int = 5
-    cooldown_s: float = 60
-
-
-@dataclass(frozen=True)
-class Retry:
-    attempts: int = 3
-    backoff_base_s: float = 0.05
-    backoff_max_s: float = 1.0
-
-
-@dataclass(frozen=True)
-class Upstream:
-    connect_timeout_s: float = 10
-    total_timeout_s: float = 30  # non-streamed requests: the whole answer (504 after it)
-    max_response_bytes: int = 64 * 1024 * 1024  # non-streamed answers larger than this: 502
-    # Streams (per-model overrides in models[]): the first body byte within first_byte_timeout_s,
-    # then no gap between chunks longer than chunk_gap_timeout_s, and (optional) the whole
-    # stream within stream_max_s.
-    first_byte_timeout_s: float = 60
-    chunk_gap_timeout_s: float = 30
-    stream_max_s: float | None = None
-
-
-@dataclass(frozen=True)
-class Queue:
-    max_inflight: int = 64
-    max_waiting: int = 256
-    wait_timeout_s: float = 10
-
-
-@dataclass(frozen=True)
-class Latency:
-    avg: float = 1000
-    p95: float = 2000
-
-
-@dataclass(frozen=True)
-class Model:
-    name: str
-    replicas: tuple[str, ...]
-    aliases: tuple[str, ...] = ()
-    capabilities: tuple[str, ...] = ("chat", "completion")
-    tier: str = "lightweight"
-    latency_ms: Latency = field(default_factory=Latency)
-    timeout_s: float | None = None
-    first_byte_timeout_s: float | None = None
-    chunk_gap_timeout_s: float | None = None
-    stream_max_s: float | None = None
-    max_inflight: int | None = None
-    max_waiting: int | None = None
-    fallbacks: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Config:
-    server: Server = field(default_factory=Server)
-    auth: Auth = field(default_factory=Auth)
-    rate_limit: RateLimit = field(default_factory=RateLimit)
-    health: Health = field(default_factory=Health)
-    circuit: Circuit = field(default_factory=Circuit)
-    retry: Retry = field(default_factory=Retry)
-    upstream: Upstream = field(default_factory=Upstream)
-    queue: Queue = field(default_factory=Queue)
-    models: tuple[Model, ...] = ()
-
-
-# --- tiny typed validator -------------------------------------------------------------
-
-
-def _num(path: str, v: Any, *, integer: bool = False, minimum: float | None = 0, exclusive: bool = False) -> Any:
-    ok = isinstance(v, int) if integer else isinstance(v, int | float)
-    if isinstance(v, bool) or not ok:
-        raise ConfigError(f"{path}: expected {'an integer' if integer else 'a number'}, got {v!r}")
-    if minimum is not None and (v <= minimum if exclusive else v < minimum):
-        raise ConfigError(f"{path}: must be {'>' if exclusive else '>='} {minimum}, got {v!r}")
-    return v
-
-
-def _str(path: str, v: Any) -> str:
-    if not isinstance(v, str) or not v:
-        raise ConfigError(f"{path}: expected a non-empty string, got {v!r}")
-    return v
-
-
-def _bool(path: str, v: Any) -> bool:
-    if not isinstance(v, bool):
-        raise ConfigError(f"{path}: expected true or false, got {v!r}")
-    return v
-
-
-def _list(path: str, v: Any) -> list:
-    if not isinstance(v, list):
-        raise ConfigError(f"{path}: expected a list, got {type(v).__name__}")
-    return v
-
-
-def _map(path: str, v: Any, allowed: tuple[str, ...]) -> dict:
-    if v is None:
-        return {}
-    if not isinstance(v, dict):
-        raise ConfigError(f"{path or 'config'}: expected a mapping, got {type(v).__name__}")
-    for k in v:
-        if k not in allowed:
-            where = f"{path}.{k}" if path else str(k)
-            raise ConfigError(f"{where}: unknown key (allowed: {', '.join(allowed)})")
-    return v
-
-
-def _url(path: str, v: Any) -> str:
-    s = _str(path, v)
-    u = urlsplit(s)
-    if u.scheme != "http" or not u.hostname or (u.path not in ("", "/")):
-        raise ConfigError(f"{path}: expected a URL http://host:port, got {v!r}")
-    try:
-        u.port  # noqa: B018 - raises on a bad port
-    except ValueError as e:
-        raise ConfigError(f"{path}: bad port in {v!r}") from e
-    return s.rstrip("/")
-
-
-def _optional_positive(path: str, v: Any) -> float | None:
-    return None if v is None else _num(path, v, exclusive=True)
 
 
 _SIMPLE = {

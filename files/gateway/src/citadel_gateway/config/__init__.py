@@ -1,0 +1,45 @@
+"""Load and validate the gateway's YAML config (no web framework imports).
+
+The schema is the one the llm_gateway role renders; see README.md. Every error names
+the offending key path, e.g. ``models[1].replicas[0]: expected a URL http://host:port``.
+"""
+
+from .parse import from_backends, load, parse
+from .schema import (
+    CAPABILITIES,
+    TIERS,
+    ApiKey,
+    Auth,
+    Circuit,
+    Config,
+    ConfigError,
+    Health,
+    Latency,
+    Model,
+    Queue,
+    RateLimit,
+    Retry,
+    Server,
+    Upstream,
+)
+
+__all__ = [
+    "CAPABILITIES",
+    "TIERS",
+    "ApiKey",
+    "Auth",
+    "Circuit",
+    "Config",
+    "ConfigError",
+    "Health",
+    "Latency",
+    "Model",
+    "Queue",
+    "RateLimit",
+    "Retry",
+    "Server",
+    "Upstream",
+    "from_backends",
+    "load",
+    "parse",
+]

@@ -1,0 +1,135 @@
+"""The config's shape: frozen dataclasses with their defaults, and ConfigError."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+CAPABILITIES = ("chat", "completion", "embedding", "code", "reasoning")
+TIERS = ("heavyweight", "lightweight", "embedding")
+
+
+class ConfigError(ValueError):
+    """A config problem; the message names the key."""
+
+
+@dataclass(frozen=True)
+class Server:
+    host: str = "0.0.0.0"
+    port: int = 8000
+    max_body_bytes: int = 4 * 1024 * 1024
+    access_log: bool = True
+    drain_seconds: float = 30
+    # Hostile-client limits (checked before any body byte is read).
+    head_timeout_s: float = 10  # a request head must be complete within this (slowloris)
+    body_timeout_s: float = 30  # a declared body must arrive within this after the head
+    max_url_bytes: int = 8192  # longer request target: 414
+    max_header_count: int = 100  # more header lines: 431
+    max_head_bytes: int = 32768  # request line + headers larger: 431
+    max_connections: int = 8192  # open client connections per process; beyond: closed at accept
+    max_idle_per_client: int = 256  # idle keep-alive connections per client address; beyond: the oldest closed
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    name: str
+    sha256: str
+    models: tuple[str, ...] = ("*",)
+    rpm: int = 1000
+    burst: int = 100
+    admin: bool = False  # may see replica URLs and failure reasons in /v1/models/registry
+
+
+@dataclass(frozen=True)
+class Auth:
+    required: bool = False
+    keys: tuple[ApiKey, ...] = ()
+    # Failed authentications per client address: token bucket, then 429.
+    failed_rpm: int = 60
+    failed_burst: int = 20
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    backend: str = "memory"
+    redis_url: str | None = None
+    # Redis unreachable: "allow" serves the request (and logs an ERROR), "reject" answers 503.
+    on_redis_error: str = "allow"
+    # Bounded waits on Redis (a blackholed Redis must not hang requests); a timeout is an error
+    # like any other and goes through on_redis_error.
+    connect_timeout_s: float = 0.25
+    timeout_s: float = 0.25
+
+
+@dataclass(frozen=True)
+class Health:
+    interval_s: float = 30
+    timeout_s: float = 5
+
+
+@dataclass(frozen=True)
+class Circuit:
+    failures: int = 5
+    cooldown_s: float = 60
+
+
+@dataclass(frozen=True)
+class Retry:
+    attempts: int = 3
+    backoff_base_s: float = 0.05
+    backoff_max_s: float = 1.0
+
+
+@dataclass(frozen=True)
+class Upstream:
+    connect_timeout_s: float = 10
+    total_timeout_s: float = 30  # non-streamed requests: the whole answer (504 after it)
+    max_response_bytes: int = 64 * 1024 * 1024  # non-streamed answers larger than this: 502
+    # Streams (per-model overrides in models[]): the first body byte within first_byte_timeout_s,
+    # then no gap between chunks longer than chunk_gap_timeout_s, and (optional) the whole
+    # stream within stream_max_s.
+    first_byte_timeout_s: float = 60
+    chunk_gap_timeout_s: float = 30
+    stream_max_s: float | None = None
+
+
+@dataclass(frozen=True)
+class Queue:
+    max_inflight: int = 64
+    max_waiting: int = 256
+    wait_timeout_s: float = 10
+
+
+@dataclass(frozen=True)
+class Latency:
+    avg: float = 1000
+    p95: float = 2000
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str
+    replicas: tuple[str, ...]
+    aliases: tuple[str, ...] = ()
+    capabilities: tuple[str, ...] = ("chat", "completion")
+    tier: str = "lightweight"
+    latency_ms: Latency = field(default_factory=Latency)
+    timeout_s: float | None = None
+    first_byte_timeout_s: float | None = None
+    chunk_gap_timeout_s: float | None = None
+    stream_max_s: float | None = None
+    max_inflight: int | None = None
+    max_waiting: int | None = None
+    fallbacks: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Config:
+    server: Server = field(default_factory=Server)
+    auth: Auth = field(default_factory=Auth)
+    rate_limit: RateLimit = field(default_factory=RateLimit)
+    health: Health = field(default_factory=Health)
+    circuit: Circuit = field(default_factory=Circuit)
+    retry: Retry = field(default_factory=Retry)
+    upstream: Upstream = field(default_factory=Upstream)
+    queue: Queue = field(default_factory=Queue)
+    models: tuple[Model, ...] = ()
