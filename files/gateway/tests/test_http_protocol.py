@@ -1,4 +1,4 @@
-"""The HTTP/1.1 edges of our server protocol (server.py): plain hot-path requests skip ASGI, the
+"""The HTTP/1.1 edges of our server protocol (server/): plain hot-path requests skip ASGI, the
 odd ones take uvicorn's ASGI path; both must answer like any HTTP/1.1 server, on raw sockets."""
 
 from __future__ import annotations

@@ -1,15 +1,15 @@
-"""The gateway's state and the hot path for the three POST endpoints (``Gateway.serve``).
+"""The hot path for the three POST endpoints: ``check_head`` (the verdict on a head) and ``serve``.
 
 Plain requests reach ``check_head`` and then ``serve`` straight from our uvicorn protocol
-(server.py, no ASGI); the rest through ``Gateway.__call__``, an ASGI handler dispatched before
+(server/, no ASGI); the rest through ``Gateway.__call__``, an ASGI handler dispatched before
 FastAPI (app.py). A request goes auth.py → admission.py → forward.py (retry.py) → relay.py, and
-ends in accesslog.py and metrics.py. The state (router, keys, limits, queues) is swapped whole on
-reload; a request keeps the objects it started with, so a reload never disturbs it.
+ends in accesslog.py and metrics.py. The lifecycle and reload are in runtime.py; the state
+(state.py: router, keys, limits, queues) is swapped whole on reload, and a request keeps the
+objects it started with, so a reload never disturbs it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 import logging
@@ -19,145 +19,34 @@ import time
 
 from . import auth, selection
 from . import config as C
-from .accesslog import AccessLog, line
+from .accesslog import line
 from .admission import Slot, rate_limit, rate_limit_now
 from .asgi import AsgiResponder, StreamAborted
-from .backends import Router
 from .context import GONE, HOT, TOO_LARGE, Request
 from .errors import Denied, error_body, error_headers, send_error
 from .forward import Forward
-from .limits import Admission, MemoryLimiter, RedisLimiter
-from .metrics import OVERHEAD_BUCKETS, Metrics, inc, observe
-from .retry import RetryPolicy
-from .upstream import Pool
+from .limits import MemoryLimiter
+from .metrics import OVERHEAD_BUCKETS, inc, observe
+from .runtime import Runtime
+from .state import State
 
 __all__ = ["HOT", "TOO_LARGE", "Gateway", "State"]
 log = logging.getLogger("citadel_gateway")
 _RID_OK = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
 
 
-class State:
-    """Everything derived from one config; replaced whole on reload."""
+class Gateway(Runtime):
+    """The hot path on top of the Runtime (lifecycle, reload, the pool and the limiter)."""
 
-    def __init__(self, cfg: C.Config, previous: State | None = None) -> None:
-        self.cfg = cfg
-        self.router = Router(cfg, previous.router if previous else None)
-        self.retry = RetryPolicy(cfg.retry)
-        self.keys = {k.sha256: k for k in cfg.auth.keys}
-        self.allowed = {k.name: (None if "*" in k.models else self._expand(k.models)) for k in cfg.auth.keys}
-        q = cfg.queue
-        self.admission: dict[str, Admission] = {}
-        for m in self.router.models:
-            old = previous.admission.get(m.name) if previous else None
-            a = Admission(
-                m.cfg.max_inflight or q.max_inflight,
-                m.cfg.max_waiting if m.cfg.max_waiting is not None else q.max_waiting,
-                q.wait_timeout_s,
-            )
-            if old is not None:  # in-flight and queued requests keep counting against the same queue
-                old.max_inflight, old.max_waiting, old.wait_timeout = a.max_inflight, a.max_waiting, a.wait_timeout
-            self.admission[m.name] = old if old is not None else a
-
-    def _expand(self, names) -> frozenset[str]:
-        return frozenset(m.name for n in names if (m := self.router.get(n)) is not None)
-
-    def models_for(self, key) -> list:
-        """The models a key may use (all without auth)."""
-        allowed = self.allowed.get(key.name) if key is not None else None
-        return [m for m in self.router.models if allowed is None or m.name in allowed]
-
-
-class Gateway:
     def __init__(self, cfg: C.Config, config_path: str | None = None, log_stream=None) -> None:
-        self.config_path = config_path
-        self.metrics = Metrics()
-        self.state = State(cfg)
-        self.metrics.state = self.state
-        self.pool = Pool(cfg.upstream.connect_timeout_s)
-        self.limiter = self._make_limiter(cfg)
-        self.failed_auth = auth.FailedAuthThrottle()
-        self.access = AccessLog(log_stream, cfg.server.access_log)
-        self.health = None
+        super().__init__(cfg, config_path, log_stream)
         self._rid_prefix = os.urandom(4).hex().encode()
         self._rid = itertools.count(1)
-        self._tasks: set[asyncio.Task] = set()
-
-    @staticmethod
-    def _make_limiter(cfg: C.Config):
-        rl = cfg.rate_limit
-        if rl.backend == "redis":
-            return RedisLimiter(rl.redis_url, connect_timeout_s=rl.connect_timeout_s, timeout_s=rl.timeout_s)
-        return MemoryLimiter()
 
     def new_rid(self) -> bytes:
         """A request id of our own (unique per process start)."""
         return b"%s-%x" % (self._rid_prefix, next(self._rid))
 
-    # -- lifecycle (called from the ASGI lifespan) ------------------------------------
-    async def start(self) -> None:
-        from .health import HealthChecker
-
-        self.access.start()
-        cfg = self.state.cfg
-        self.health = HealthChecker(self.state.router, self.fetch, cfg.health.interval_s, cfg.health.timeout_s)
-        self.health.start()
-        if not cfg.auth.required:
-            log.warning("AUTH IS OFF: no --api-key / auth.keys given; anyone reaching this port can use every model")
-
-    async def stop(self) -> None:
-        if self.health is not None:
-            await self.health.stop()
-        self.pool.close()
-        await self.limiter.close()
-        self.access.stop()
-
-    def reload(self) -> bool:
-        """Re-read the config file (SIGHUP). An invalid file keeps the running config."""
-        if not self.config_path:
-            log.warning("reload requested but no --config file was given")
-            return False
-        try:
-            cfg = C.load(self.config_path)
-        except C.ConfigError as e:
-            log.error("config reload failed, keeping the running config: %s", e)
-            return False
-        self.apply(cfg)
-        log.warning("config reloaded from %s: %d models", self.config_path, len(cfg.models))
-        return True
-
-    def apply(self, cfg: C.Config) -> None:
-        old = self.state
-        new = State(cfg, old)
-        if cfg.rate_limit != old.cfg.rate_limit:
-            prev, self.limiter = self.limiter, self._make_limiter(cfg)
-            t = asyncio.get_running_loop().create_task(prev.close())
-            self._tasks.add(t)
-            t.add_done_callback(self._tasks.discard)
-        self.pool.connect_timeout = cfg.upstream.connect_timeout_s
-        self.access.enabled = cfg.server.access_log
-        self.state = new
-        self.metrics.state = new
-        if self.health is not None:
-            self.health.router = new.router
-            self.health.interval = cfg.health.interval_s
-            self.health.timeout = cfg.health.timeout_s
-
-    # -- upstream helper for health checks ---------------------------------------------
-    async def fetch(self, replica, method: str, path: str, body: bytes | None, timeout: float) -> tuple[int, bytes]:
-        loop = asyncio.get_running_loop()
-        body = body or b""
-        head = (
-            f"{method} {path} HTTP/1.1\r\nHost: {replica.label}\r\nUser-Agent: citadel-gateway-health\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-        ).encode()
-        resp = await self.pool.request(replica.host, replica.port, head, body, loop.time() + timeout)
-        try:
-            data = await resp.read(self.state.cfg.upstream.max_response_bytes)
-        finally:
-            resp.close()
-        return resp.status, data
-
-    # -- the hot path ------------------------------------------------------------------
     def check_head(self, path: str, headers, client: str | None, content_length: int | None, expect_continue: bool):
         """Verdict on a complete request head, before any body byte is read: a refusal
         (status, headers, body) to answer and close, or the go-on value to hand to ``serve``

@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 
+from ..context import TOO_LARGE
+
 if TYPE_CHECKING:
     from .protocol import GatewayHttpProtocol
-
-TOO_LARGE: object = None  # gateway.TOO_LARGE, set on the first connection (protocol._bind_gateway)
 
 
 class _CoalescingTransport:

@@ -10,21 +10,14 @@ import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from .. import config as C
-from .. import gateway as _gw  # the module, not its names: gateway.py may import this package first
-from . import cycle as _cycle
+from ..context import HOT
 from .cycle import HotCycle, _CoalescingTransport
 from .refusal import RefusalMixin, _error
 from .sweeper import _BODY, _CLOSED, _DEFAULT_SERVER, _DONE, _HEAD, _LINGER, _Sweeper
 
 log = logging.getLogger("citadel_gateway")
 
-# Filled from gateway.py on the first connection (see _bind_gateway).
-_HOT_URLS: dict[bytes, str] = {}
-
-
-def _bind_gateway() -> None:
-    _cycle.TOO_LARGE = _gw.TOO_LARGE
-    _HOT_URLS.update({p.encode(): p for p in _gw.HOT})
+_HOT_URLS = {p.encode(): p for p in HOT}  # the parser gives the URL as bytes
 
 
 class _Stop(Exception):
@@ -38,8 +31,6 @@ class GatewayHttpProtocol(RefusalMixin, HttpToolsProtocol):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        if not _HOT_URLS:
-            _bind_gateway()
         # build_app's App carries the gateway; any other app (tests, wrappers) gets plain uvicorn
         # plus the default limits.
         self.gateway = getattr(self.app, "gateway", None)

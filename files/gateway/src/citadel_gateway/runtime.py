@@ -1,0 +1,103 @@
+"""Runtime: what lives as long as the process (metrics, upstream pool, rate limiter, failed-auth
+throttle, access log, health checker) and the current State; started and stopped from the ASGI
+lifespan (app.py), reloaded on SIGHUP. ``Gateway`` (gateway.py) adds the hot path on top.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from . import auth
+from . import config as C
+from .accesslog import AccessLog
+from .limits import MemoryLimiter, RedisLimiter
+from .metrics import Metrics
+from .state import State
+from .upstream import Pool
+
+log = logging.getLogger("citadel_gateway")
+
+
+class Runtime:
+    def __init__(self, cfg: C.Config, config_path: str | None = None, log_stream=None) -> None:
+        self.config_path = config_path
+        self.metrics = Metrics()
+        self.state = State(cfg)
+        self.metrics.state = self.state
+        self.pool = Pool(cfg.upstream.connect_timeout_s)
+        self.limiter = self._make_limiter(cfg)
+        self.failed_auth = auth.FailedAuthThrottle()
+        self.access = AccessLog(log_stream, cfg.server.access_log)
+        self.health = None
+        self._tasks: set[asyncio.Task] = set()
+
+    @staticmethod
+    def _make_limiter(cfg: C.Config):
+        rl = cfg.rate_limit
+        if rl.backend == "redis":
+            return RedisLimiter(rl.redis_url, connect_timeout_s=rl.connect_timeout_s, timeout_s=rl.timeout_s)
+        return MemoryLimiter()
+
+    async def start(self) -> None:
+        from .health import HealthChecker
+
+        self.access.start()
+        cfg = self.state.cfg
+        self.health = HealthChecker(self.state.router, self.fetch, cfg.health.interval_s, cfg.health.timeout_s)
+        self.health.start()
+        if not cfg.auth.required:
+            log.warning("AUTH IS OFF: no --api-key / auth.keys given; anyone reaching this port can use every model")
+
+    async def stop(self) -> None:
+        if self.health is not None:
+            await self.health.stop()
+        self.pool.close()
+        await self.limiter.close()
+        self.access.stop()
+
+    def reload(self) -> bool:
+        """Re-read the config file (SIGHUP). An invalid file keeps the running config."""
+        if not self.config_path:
+            log.warning("reload requested but no --config file was given")
+            return False
+        try:
+            cfg = C.load(self.config_path)
+        except C.ConfigError as e:
+            log.error("config reload failed, keeping the running config: %s", e)
+            return False
+        self.apply(cfg)
+        log.warning("config reloaded from %s: %d models", self.config_path, len(cfg.models))
+        return True
+
+    def apply(self, cfg: C.Config) -> None:
+        old = self.state
+        new = State(cfg, old)
+        if cfg.rate_limit != old.cfg.rate_limit:
+            prev, self.limiter = self.limiter, self._make_limiter(cfg)
+            t = asyncio.get_running_loop().create_task(prev.close())
+            self._tasks.add(t)
+            t.add_done_callback(self._tasks.discard)
+        self.pool.connect_timeout = cfg.upstream.connect_timeout_s
+        self.access.enabled = cfg.server.access_log
+        self.state = new
+        self.metrics.state = new
+        if self.health is not None:
+            self.health.router = new.router
+            self.health.interval = cfg.health.interval_s
+            self.health.timeout = cfg.health.timeout_s
+
+    async def fetch(self, replica, method: str, path: str, body: bytes | None, timeout: float) -> tuple[int, bytes]:
+        """One request to a replica outside the hot path (the health checker's probes)."""
+        loop = asyncio.get_running_loop()
+        body = body or b""
+        head = (
+            f"{method} {path} HTTP/1.1\r\nHost: {replica.label}\r\nUser-Agent: citadel-gateway-health\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        resp = await self.pool.request(replica.host, replica.port, head, body, loop.time() + timeout)
+        try:
+            data = await resp.read(self.state.cfg.upstream.max_response_bytes)
+        finally:
+            resp.close()
+        return resp.status, data
