@@ -8,7 +8,8 @@ export CONTAINERS_CONF="${CONTAINERS_CONF:-$here/containers.conf}"
 
 suite=bookworm
 # python3-apt: Ubuntu server ships it, and the apt module needs it under --check.
-packages=systemd,systemd-sysv,dbus,python3,python3-apt,sudo,iproute2,ca-certificates
+# openssh-server: Ansible reaches lab hosts over SSH, as it reaches real ones.
+packages=systemd,systemd-sysv,dbus,python3,python3-apt,sudo,iproute2,ca-certificates,openssh-server
 tag=$(cat "$0" | sha256sum | cut -c1-12)
 image="localhost/citadel-lab-debian12:$tag"
 
@@ -24,6 +25,9 @@ debootstrap --variant=minbase --include="$packages" "$suite" "$work/rootfs" >&2
 # Package lists stay in the image, as on any installed host: `--check` runs
 # of the apt module need them (check mode cannot refresh the cache).
 chroot "$work/rootfs" apt-get clean
+# No host keys in the image: each container mounts the lab's own (lab/ssh-keys.sh), the
+# one key the controller's known_hosts trusts.
+rm -f "$work/rootfs"/etc/ssh/ssh_host_*
 # An empty machine-id makes systemd generate one per container at boot.
 : > "$work/rootfs/etc/machine-id"
 tar -C "$work/rootfs" -cf "$work/rootfs.tar" .
