@@ -1,7 +1,8 @@
 """Model table (names + aliases), replica sets and replica choice (no web framework imports).
 
 Replica choice: least outstanding requests among available replicas, random tie-break
-(cheap; with 2-3 replicas it equals power-of-two choice).
+(cheap; with 2-3 replicas it equals power-of-two choice). A draining replica (drain.py, the
+admin API) is never chosen; its in-flight requests finish and its health checks go on.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ log = logging.getLogger("citadel_gateway.routing")
 
 
 class Replica:
-    __slots__ = ("url", "host", "port", "label", "outstanding", "healthy", "reason", "breaker", "model")
+    __slots__ = ("url", "host", "port", "label", "outstanding", "healthy", "reason", "breaker", "model", "draining")
 
     def __init__(self, url: str, model: str, breaker: CircuitBreaker) -> None:
         u = urlsplit(url)
@@ -30,6 +31,7 @@ class Replica:
         self.healthy = True  # optimistic until the first active check says otherwise
         self.reason: str | None = None
         self.breaker = breaker
+        self.draining = False  # set by the admin API: no new requests, in-flight ones finish
 
     def available(self) -> bool:
         return self.healthy and self.breaker.available()
@@ -86,6 +88,13 @@ class Model:
     def healthy_count(self) -> int:
         return sum(1 for r in self.replicas if r.available())
 
+    def routable(self) -> bool:
+        """Could a new request go to one of its replicas now (available and not draining)?"""
+        return any(not r.draining and r.available() for r in self.replicas)
+
+    def all_draining(self) -> bool:
+        return all(r.draining for r in self.replicas)
+
     def observe(self, seconds: float, completion_tokens: int | None = None) -> None:
         ms = seconds * 1000.0
         self.ewma_ms = ms if self.ewma_ms is None else self.ewma_ms * 0.8 + ms * 0.2
@@ -96,7 +105,7 @@ class Model:
     def pick_preview(self, exclude: tuple | list = ()) -> Replica | None:
         """Is there an available replica outside ``exclude``? (reserves nothing)"""
         for r in self.replicas:
-            if r not in exclude and r.available():
+            if r not in exclude and not r.draining and r.available():
                 return r
         return None
 
@@ -105,7 +114,7 @@ class Model:
         best: Replica | None = None
         ties = 0
         for r in self.replicas:
-            if r in exclude or not r.healthy or not r.breaker.available():
+            if r.draining or r in exclude or not r.healthy or not r.breaker.available():
                 continue
             if best is None or r.outstanding < best.outstanding:
                 best, ties = r, 1
@@ -123,10 +132,13 @@ class Router:
     def __init__(self, cfg: C.Config, previous: Router | None = None) -> None:
         self.cfg = cfg
         old: dict[tuple[str, str], Replica] = {}
+        drained: set[str] = set()  # URLs draining before the reload
         if previous is not None:
             for m in previous.models:
                 for r in m.replicas:
                     old[(m.name, r.url)] = r
+                    if r.draining:
+                        drained.add(r.url)
         self.models: list[Model] = []
         self.table: dict[str, Model] = {}
         for mc in cfg.models:
@@ -135,7 +147,8 @@ class Router:
                 r = old.get((mc.name, url))
                 if r is None:
                     r = Replica(url, mc.name, CircuitBreaker(cfg.circuit.failures, cfg.circuit.cooldown_s))
-                else:  # keep live health/outstanding across a reload; take the new breaker settings
+                    r.draining = url in drained  # new to this model (renamed, moved): drained by URL
+                else:  # keep live health/outstanding/draining across a reload; take the new breaker settings
                     r.breaker.failures = cfg.circuit.failures
                     r.breaker.cooldown = cfg.circuit.cooldown_s
                 reps.append(r)

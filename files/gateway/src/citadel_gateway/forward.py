@@ -28,7 +28,7 @@ def next_model(st, req, primary, used: set):
     """A fallback of the primary (or for auto a new choice) the key may use, with a healthy replica."""
     for name in primary.fallbacks:
         cand = st.router.get(name)
-        if cand is not None and cand.name not in used and _allowed(req, cand.name) and cand.healthy_count():
+        if cand is not None and cand.name not in used and _allowed(req, cand.name) and cand.routable():
             return cand
     if req.auto is not None:
         rest = [m for m in st.router.models if m.name not in used and _allowed(req, m.name)]
@@ -76,6 +76,10 @@ class Forward:
             if r is None:
                 nxt = next_model(st, req, primary, used)
                 if nxt is None:
+                    if primary.all_draining():  # the operator's doing (admin API), not a failure
+                        req.error = req.error or "all replicas draining"
+                        msg = f"all replicas of {primary.name} are draining"
+                        return Denied(503, msg, "model_draining", "draining", _RETRY_5)
                     req.error = req.error or "no healthy replica"
                     return Denied(503, f"no healthy replica for {model.name}", "no_replica", "no_replica", _RETRY_5)
                 if nxt.name in primary.fallbacks:
@@ -129,8 +133,8 @@ class Forward:
             inc(gw.metrics.retries, (primary.name,))
             if model.pick_preview(tried) is None:
                 # every replica tried once: back off and allow them again, unless none is
-                # available at all (then go on at once: a fallback, or a fast 503)
-                if not any(x.available() for x in model.replicas):
+                # available and not draining (then go on at once: a fallback, or a fast 503)
+                if not model.routable():
                     continue
                 delay = policy.backoff(req.attempts)
                 if loop.time() + delay >= deadline:

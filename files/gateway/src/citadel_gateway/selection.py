@@ -3,8 +3,8 @@
 speed    → best observed latency (EWMA) or tokens/s, configured avg latency until observed
 quality  → heavyweight tier first, then latency
 balanced → lightweight tier first, then latency
-Only models with at least one available replica are candidates. Microseconds: a scan over
-the (small) model table, no allocation beyond the result.
+Only models with at least one available, not draining replica are candidates. Microseconds: a
+scan over the (small) model table, no allocation beyond the result.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def candidates(models: list[Model], task: str) -> list[Model]:
     for m in models:
         caps = m.capabilities
         ok = cap in caps or (cap == "reasoning" and "chat" in caps) or (cap == "code" and "chat" in caps)
-        if ok and any(r.available() for r in m.replicas):
+        if ok and m.routable():
             out.append(m)
     # An exact capability match beats the chat stand-in for code/reasoning.
     exact = [m for m in out if cap in m.capabilities]
