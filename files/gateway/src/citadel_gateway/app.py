@@ -88,5 +88,5 @@ class App:
         return await self.fastapi(scope, receive, send)
 
 
-def build_app(cfg: C.Config, config_path: str | None = None, log_stream=None) -> App:
-    return App(Gateway(cfg, config_path, log_stream))
+def build_app(cfg: C.Config, config_path: str | None = None, log_stream=None, config_version: str | None = None) -> App:
+    return App(Gateway(cfg, config_path, log_stream, config_version))

@@ -33,10 +33,13 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def build_config(args) -> C.Config:
+def build_config(args) -> tuple[C.Config, str | None]:
+    """The config to serve and its version (the config file's sha256; None with ``--backend``:
+    the file is not the whole truth then)."""
     digests = [(f"cli-{i + 1}", hashlib.sha256(k.encode()).hexdigest()) for i, k in enumerate(args.api_key)]
-    base = C.load(args.config) if args.config else None
+    base, version = C.load_versioned(args.config) if args.config else (None, None)
     if args.backend:
+        version = None
         cfg = C.from_backends(args.backend, digests, base)
     elif base is not None:
         cfg = base
@@ -53,7 +56,7 @@ def build_config(args) -> C.Config:
         server = replace(server, host=args.host)
     if args.port is not None:
         server = replace(server, port=args.port)
-    return replace(cfg, server=server)
+    return replace(cfg, server=server), version
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
     try:
-        cfg = build_config(args)
+        cfg, version = build_config(args)
     except C.ConfigError as e:
         print(f"citadel-gateway: config error: {e}", file=sys.stderr)
         return 2
@@ -85,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"citadel-gateway: {e}", file=sys.stderr)
         return 3
 
-    app = build_app(cfg, args.config if not args.backend else None)
+    app = build_app(cfg, args.config if not args.backend else None, config_version=version)
     log = logging.getLogger("citadel_gateway")
     log.info(
         "serving %d models on %s:%d (%s)",

@@ -38,8 +38,10 @@ _RID_OK = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
 class Gateway(Runtime):
     """The hot path on top of the Runtime (lifecycle, reload, the pool and the limiter)."""
 
-    def __init__(self, cfg: C.Config, config_path: str | None = None, log_stream=None) -> None:
-        super().__init__(cfg, config_path, log_stream)
+    def __init__(
+        self, cfg: C.Config, config_path: str | None = None, log_stream=None, config_version: str | None = None
+    ) -> None:
+        super().__init__(cfg, config_path, log_stream, config_version)
         self._rid_prefix = os.urandom(4).hex().encode()
         self._rid = itertools.count(1)
 

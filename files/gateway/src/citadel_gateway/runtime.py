@@ -20,8 +20,11 @@ log = logging.getLogger("citadel_gateway")
 
 
 class Runtime:
-    def __init__(self, cfg: C.Config, config_path: str | None = None, log_stream=None) -> None:
+    def __init__(
+        self, cfg: C.Config, config_path: str | None = None, log_stream=None, config_version: str | None = None
+    ) -> None:
         self.config_path = config_path
+        self.config_version = config_version  # sha256 of the config file in force (None: no file)
         self.metrics = Metrics()
         self.state = State(cfg)
         self.metrics.state = self.state
@@ -62,15 +65,16 @@ class Runtime:
             log.warning("reload requested but no --config file was given")
             return False
         try:
-            cfg = C.load(self.config_path)
+            cfg, version = C.load_versioned(self.config_path)
         except C.ConfigError as e:
             log.error("config reload failed, keeping the running config: %s", e)
             return False
-        self.apply(cfg)
-        log.warning("config reloaded from %s: %d models", self.config_path, len(cfg.models))
+        self.apply(cfg, version)
+        log.warning("config reloaded from %s: %d models, sha256 %s", self.config_path, len(cfg.models), version)
         return True
 
-    def apply(self, cfg: C.Config) -> None:
+    def apply(self, cfg: C.Config, version: str | None = None) -> None:
+        """Swap in the State of ``cfg`` (``version``: its file's sha256, see config.load_versioned)."""
         old = self.state
         new = State(cfg, old)
         if cfg.rate_limit != old.cfg.rate_limit:
@@ -82,6 +86,7 @@ class Runtime:
         self.access.enabled = cfg.server.access_log
         self.state = new
         self.metrics.state = new
+        self.config_version = version
         if self.health is not None:
             self.health.router = new.router
             self.health.interval = cfg.health.interval_s

@@ -4,7 +4,7 @@ The schema is the one the llm_gateway role renders; see README.md. Every error n
 the offending key path, e.g. ``models[1].replicas[0]: expected a URL http://host:port``.
 """
 
-from .parse import from_backends, load, parse
+from .parse import from_backends, load, load_versioned, parse
 from .schema import (
     CAPABILITIES,
     TIERS,
@@ -41,5 +41,6 @@ __all__ = [
     "Upstream",
     "from_backends",
     "load",
+    "load_versioned",
     "parse",
 ]

@@ -3,6 +3,7 @@ checks across sections (unique names, known fallbacks and key models)."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Any
 
@@ -239,15 +240,24 @@ def parse(raw: Any) -> Config:
 
 
 def load(path: str) -> Config:
+    return load_versioned(path)[0]
+
+
+def load_versioned(path: str) -> tuple[Config, str]:
+    """The config and its version: the sha256 hex of the bytes parsed (what ``sha256sum FILE``
+    prints), read once, so the version is exactly that of the config in force."""
     try:
-        with open(path, encoding="utf-8") as f:
-            raw = yaml.safe_load(f)
+        with open(path, "rb") as f:
+            data = f.read()
+        raw = yaml.safe_load(data.decode("utf-8"))
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8: {e}") from e
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
     try:
-        return parse(raw)
+        return parse(raw), hashlib.sha256(data).hexdigest()
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
 
