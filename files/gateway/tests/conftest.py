@@ -21,28 +21,28 @@ HERE = Path(__file__).parent
 KEYS = {"ops": "ops-key-1", "limited": "limited-key-2", "embed-only": "embed-key-3"}
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 
-def wait_port(port: int, proc: subprocess.Popen, timeout: float = 15.0) -> None:
+def wait_port(port: int, proc: subprocess.Popen, timeout: float = 15.0, host: str = "127.0.0.1") -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if proc.poll() is not None:
             raise RuntimeError(f"process exited with {proc.returncode}")
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            with socket.create_connection((host, port), timeout=0.2):
                 return
         except OSError:
             time.sleep(0.05)
     raise TimeoutError(f"nothing listens on {port}")
 
 
-def request(port: int, method: str, path: str, body=None, headers=None, timeout: float = 10.0):
+def request(port: int, method: str, path: str, body=None, headers=None, timeout: float = 10.0, host="127.0.0.1"):
     """One HTTP request; returns (status, headers dict (lower-case), body bytes)."""
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    c = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
         data = body if isinstance(body, bytes | type(None)) else json.dumps(body).encode()
         h = {"Content-Type": "application/json", **(headers or {})}
@@ -54,22 +54,23 @@ def request(port: int, method: str, path: str, body=None, headers=None, timeout:
 
 
 class Stub:
-    def __init__(self, models: list[str], port: int | None = None) -> None:
+    def __init__(self, models: list[str], port: int | None = None, host: str = "127.0.0.1") -> None:
         self.models = models
-        self.port = port or free_port()
+        self.host = host  # any 127.x address: replicas on distinct hosts of one machine
+        self.port = port or free_port(host)
         self.proc: subprocess.Popen | None = None
         self.start()
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def start(self) -> None:
-        args = [sys.executable, str(HERE / "stub_upstream.py"), "--port", str(self.port)]
+        args = [sys.executable, str(HERE / "stub_upstream.py"), "--host", self.host, "--port", str(self.port)]
         for m in self.models:
             args += ["--model", m]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_port(self.port, self.proc)
+        wait_port(self.port, self.proc, host=self.host)
 
     def kill(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -77,14 +78,14 @@ class Stub:
             self.proc.wait()
 
     def control(self, **kw) -> dict:
-        return json.loads(request(self.port, "POST", "/_control", kw)[2])
+        return json.loads(request(self.port, "POST", "/_control", kw, host=self.host)[2])
 
     def reset(self) -> None:
         self.control(reset=True)
-        request(self.port, "POST", "/_reset_stats", {})
+        request(self.port, "POST", "/_reset_stats", {}, host=self.host)
 
     def stats(self) -> dict:
-        return json.loads(request(self.port, "GET", "/_stats")[2])
+        return json.loads(request(self.port, "GET", "/_stats", host=self.host)[2])
 
 
 class Gateway:
@@ -210,8 +211,8 @@ def cl(shared_cluster):
 def stubs():
     made: list[Stub] = []
 
-    def make(models, port=None) -> Stub:
-        s = Stub(models, port)
+    def make(models, port=None, host="127.0.0.1") -> Stub:
+        s = Stub(models, port, host)
         made.append(s)
         return s
 

@@ -3,10 +3,11 @@
 python stub_upstream.py --port 11403 --model smollm2-135m [--model other]
 Steer it at runtime: POST /_control {"status": 503, "count": 2, "delay": 0.2, "chunks": 5,
 "interval": 0.01, "break_after": 2, "stall_after": 2, "first_delay": 1, "close": true,
-"health": 503, "ready_model": false}; GET /_stats.
+"health": 503, "ready_model": false, "hold_after": 1}; GET /_stats.
 break_after: reset the stream after N events; stall_after: send N events, then nothing (the
 connection stays open); first_delay: seconds between a stream's head and its first event;
-close: read a POST and close the connection without answering.
+close: read a POST and close the connection without answering; hold_after: send N events, then
+wait until a control sets it to null, then send the rest (a stream the test ends when it wants).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ DEFAULTS = {
     "close": False,
     "health": 200,
     "ready_model": True,
+    "hold_after": None,
 }
 STATE: dict = {}
 STATS = {"posts": 0, "by_path": {}, "request_ids": []}
@@ -210,6 +212,8 @@ class Handler(asyncio.Protocol):
                 return
             if st["stall_after"] is not None and i >= st["stall_after"]:
                 await asyncio.sleep(3600)  # silent, connection open (the gateway's gap deadline ends it)
+            while st["hold_after"] is not None and i >= st["hold_after"]:
+                await asyncio.sleep(0.01)  # until the test releases it (under the gap deadline)
             delta = {"delta": {"content": f"tok{i} "}} if chat else {"text": f"tok{i} "}
             ev = (
                 b"data: "

@@ -1,6 +1,6 @@
 """Builds the ASGI app: the hot POST endpoints are served by ``Gateway`` before FastAPI routing;
-FastAPI keeps the rest (ops, models, registry, OpenAPI docs) and owns the lifespan, in which the
-one pooled upstream client, the health checker and the SIGHUP handler live."""
+FastAPI keeps the rest (ops, models, registry, admin, OpenAPI docs) and owns the lifespan, in
+which the one pooled upstream client, the health checker and the SIGHUP handler live."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from . import config as C
 from .context import HOT
 from .errors import error_body
 from .gateway import Gateway
-from .routes import models, ops
+from .routes import admin, models, ops
 
 log = logging.getLogger("citadel_gateway")
 
@@ -51,6 +51,7 @@ def build_fastapi(gw: Gateway) -> FastAPI:
     app.state.gateway = gw
     app.include_router(ops.router)
     app.include_router(models.router)
+    app.include_router(admin.router)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("citadel_gateway.health")
 
 CLOSED, HALF_OPEN, OPEN = 0, 1, 2  # the values of llm_circuit_state
+CIRCUIT_NAMES = ("closed", "half-open", "open")  # how the registry and the admin API name them
 
 
 class CircuitBreaker:

@@ -1,9 +1,9 @@
 """Prometheus metrics with the exact names dashboards use (no web framework imports).
 
 The hot path only bumps plain dict entries (no locks, no prometheus_client objects per
-request); a custom collector turns them into metric families at scrape time. Health, circuit
-and active-request gauges are read live from the router at scrape time, so they can never go
-stale.
+request); a custom collector turns them into metric families at scrape time. Health, circuit,
+draining and active-request gauges are read live from the router at scrape time, so they can
+never go stale.
 """
 
 from __future__ import annotations
@@ -113,6 +113,11 @@ class Metrics:
         cs = GaugeMetricFamily(
             "llm_circuit_state", "Circuit breaker: 0 closed, 1 half-open, 2 open", labels=["model", "replica"]
         )
+        dr = GaugeMetricFamily(
+            "llm_replica_draining",
+            "1 while the replica drains (admin API: no new requests)",
+            labels=["model", "replica"],
+        )
         if st is not None:
             for m in st.router.models:
                 a = st.admission.get(m.name)
@@ -121,7 +126,8 @@ class Metrics:
                 for r in m.replicas:
                     uh.add_metric([m.name, r.label], 1 if r.healthy else 0)
                     cs.add_metric([m.name, r.label], r.breaker.state)
-        yield from (active, mh, uh, cs)
+                    dr.add_metric([m.name, r.label], 1 if r.draining else 0)
+        yield from (active, mh, uh, cs, dr)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -36,7 +36,7 @@ class ApiKey:
     models: tuple[str, ...] = ("*",)
     rpm: int = 1000
     burst: int = 100
-    admin: bool = False  # may see replica URLs and failure reasons in /v1/models/registry
+    admin: bool = False  # may call the admin API (routes/admin.py); sees replica URLs and reasons in the registry
 
 
 @dataclass(frozen=True)

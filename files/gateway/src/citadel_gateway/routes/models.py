@@ -7,6 +7,7 @@ import time
 from fastapi import APIRouter, HTTPException, Query, Request
 
 from .. import auth, selection
+from ..health import CIRCUIT_NAMES
 
 router = APIRouter()
 _CREATED = int(time.time())
@@ -39,11 +40,11 @@ async def list_models(request: Request) -> dict:
 def _replica(r, admin: bool) -> dict:
     out = {
         "healthy": r.healthy,
-        "circuit": ("closed", "half-open", "open")[r.breaker.state],
+        "circuit": CIRCUIT_NAMES[r.breaker.state],
         "outstanding": r.outstanding,
     }
-    if admin:  # where the replicas are and why they failed: for operators only
-        out = {"url": r.url, **out, "reason": r.reason}
+    if admin:  # where the replicas are, why they failed, whether they drain: for operators only
+        out = {"url": r.url, **out, "reason": r.reason, "draining": r.draining}
     return out
 
 
