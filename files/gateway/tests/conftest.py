@@ -183,21 +183,26 @@ def base_config(chat_urls, embed_urls, **over) -> dict:
     return cfg
 
 
-@pytest.fixture(scope="module")
-def shared_cluster(tmp_path_factory):
-    """Like ``cluster`` but started once per module; tests must not kill its processes."""
-    made = [Stub(["chat-a"]), Stub(["chat-a"]), Stub(["embed-a"])]
-    a, b, e = made
+def module_cluster(tmp_path_factory, stubs: list, config: dict):
+    """Generator body of a module-scoped cluster fixture: a gateway with ``config`` in front of
+    ``stubs`` (two chat replicas and an embedding replica); everything is stopped afterwards."""
     g = None
     try:
-        g = Gateway(tmp_path_factory.mktemp("gw"), base_config([a.url, b.url], [e.url]))
+        g = Gateway(tmp_path_factory.mktemp("gw"), config)
         wait_ready(g)
-        yield g, a, b, e
+        yield (g, *stubs)
     finally:
         if g is not None:
             g.stop()
-        for s in made:
+        for s in stubs:
             s.kill()
+
+
+@pytest.fixture(scope="module")
+def shared_cluster(tmp_path_factory):
+    """Like ``cluster`` but started once per module; tests must not kill its processes."""
+    a, b, e = made = [Stub(["chat-a"]), Stub(["chat-a"]), Stub(["embed-a"])]
+    yield from module_cluster(tmp_path_factory, made, base_config([a.url, b.url], [e.url]))
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import threading
 import time
 
 import pytest
-from conftest import Gateway, Stub, base_config, sha, wait_ready
+from conftest import Stub, base_config, module_cluster, sha, wait_ready
 from test_streams import raw_stream
 
 ADMIN = "admin-key-4444"
@@ -58,20 +58,10 @@ def metric(g, name: str, **labels) -> float | None:
 
 @pytest.fixture(scope="module")
 def admin_cluster(tmp_path_factory):
-    made = [Stub(["chat-a"], host=H1), Stub(["chat-a"], host=H2), Stub(["embed-a"], host=H2)]
-    a, b, e = made
-    g = None
-    try:
-        # one health round (wait_ready): no probe takes a steered answer meant for a request
-        cfg = _config([a.url, b.url], [e.url], health={"interval_s": 60, "timeout_s": 2})
-        g = Gateway(tmp_path_factory.mktemp("gw"), cfg)
-        wait_ready(g)
-        yield g, a, b, e
-    finally:
-        if g is not None:
-            g.stop()
-        for s in made:
-            s.kill()
+    a, b, e = made = [Stub(["chat-a"], host=H1), Stub(["chat-a"], host=H2), Stub(["embed-a"], host=H2)]
+    # one health round (wait_ready): no probe takes a steered answer meant for a request
+    cfg = _config([a.url, b.url], [e.url], health={"interval_s": 60, "timeout_s": 2})
+    yield from module_cluster(tmp_path_factory, made, cfg)
 
 
 @pytest.fixture
