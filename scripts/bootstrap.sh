@@ -8,9 +8,10 @@ cd "$(dirname "$0")/.."
 
 # Also: redis-server (the gateway's shared rate limits are tested against a real
 # Redis), wrk (the gateway benchmark's load generator), prometheus (promtool
-# checks and unit-tests the alert rules). Their daemons are never started here.
+# checks and unit-tests the alert rules), openssh-client (Ansible reaches the lab
+# hosts over SSH; lab/ssh-keys.sh needs ssh-keygen). Daemons are never started here.
 apt_packages=(podman runc netavark aardvark-dns iptables debootstrap tinyproxy-bin
-  redis-server wrk prometheus)
+  redis-server wrk prometheus openssh-client)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
