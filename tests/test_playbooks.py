@@ -137,6 +137,10 @@ TEST_KEY = {"name": "test", "key": "preflight-test-key-0123456789", "models": ["
             ["API key test allows unknown models chat-z"],
         ),
         (
+            {"llm_gateway_api_keys": [TEST_KEY]},
+            ["preflight-probe has no admin key", "rolling restarts drain replicas", "admin: true"],
+        ),
+        (
             {"llm_gateway_rate_limit_backend": "redis"},
             ["llm_gateway_rate_limit_backend=redis", "redis://"],
         ),
