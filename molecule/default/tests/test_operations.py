@@ -1,0 +1,77 @@
+"""The operator playbooks, under a probe load through the gateway that counts every request.
+
+drain.yml / undrain.yml take an LLM host out of the gateway and put it back; rolling_restart.yml
+restarts every model server one host at a time; verify.yml checks what a user would, read-only.
+Each runs against the live lab as an operator runs it; nothing may fail meanwhile.
+"""
+
+import time
+import urllib.request
+
+import lab_ops
+from lab_ops import API_KEY, playbook, unit_times
+from probe import Probe
+
+DRAINED = "citadel-llm-01"
+
+
+def client_requests(port: int = 11403) -> float:
+    """Requests with max_tokens above 1 that the SmolLM2 server on DRAINED took (its /metrics,
+    published on loopback): the probe's (max_tokens 8), not the gateway's 1-token health checks,
+    which go on while a replica is drained."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        lines = resp.read().decode().splitlines()
+
+    def value(prefix: str) -> float:
+        return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(prefix))
+
+    return value("vllm:request_params_max_tokens_count{") - value(
+        'vllm:request_params_max_tokens_bucket{engine="0",le="1.0"'
+    )
+
+
+def test_drain_and_undrain_a_host_under_load():
+    with Probe(API_KEY) as probe:
+        time.sleep(3)
+        t0 = time.monotonic()
+        playbook("playbooks/drain.yml", "-l", DRAINED)
+        drained_in = time.monotonic() - t0
+        view = lab_ops.admin_replicas(f"host={DRAINED}")
+        assert view["replicas"], view
+        assert all(r["draining"] for r in view["replicas"]), view
+        assert view["outstanding"] == 0, view
+        # Drained: the probe goes on, served by the other replica; this one gets nothing new.
+        served = client_requests()
+        time.sleep(10)
+        assert client_requests() == served, "a drained replica was sent requests"
+        t1 = time.monotonic()
+        playbook("playbooks/undrain.yml", "-l", DRAINED)
+        undrained_in = time.monotonic() - t1
+        view = lab_ops.admin_replicas(f"host={DRAINED}")
+        assert not any(r["draining"] for r in view["replicas"]), view
+        assert all(r["healthy"] and r["circuit"] == "closed" for r in view["replicas"]), view
+        time.sleep(5)
+    print(f"drain.yml {drained_in:.0f} s, undrain.yml {undrained_in:.0f} s; probe: {probe.report}")
+    assert probe.report.clean(), str(probe.report)
+    assert client_requests() > served, "the undrained replica gets requests again"
+
+
+def test_rolling_restart_restarts_everything_one_host_at_a_time_under_load():
+    before = unit_times()
+    with Probe(API_KEY) as probe:
+        time.sleep(3)
+        t0 = time.monotonic()
+        out = playbook("playbooks/rolling_restart.yml")
+        took = time.monotonic() - t0
+        time.sleep(3)
+    after, stopped = unit_times(), unit_times("InactiveEnterTimestampMonotonic")
+    print(f"rolling_restart.yml {took:.0f} s; probe: {probe.report}")
+    assert set(after) == set(before)
+    for replica, start in before.items():
+        assert after[replica] > start, f"{replica} was not restarted"
+    # One host at a time: every unit of the second host stopped after the first host's were back.
+    hosts = sorted(lab_ops.LLM_HOSTS)
+    first_back = max(t for (h, _), t in after.items() if h == hosts[0])
+    assert all(t > first_back for (h, _), t in stopped.items() if h == hosts[1]), (after, stopped)
+    assert "all-minilm-l6-v2 has one replica (citadel-llm-02)" in " ".join(out.split())
+    assert probe.report.clean(), str(probe.report)
