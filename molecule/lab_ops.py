@@ -27,15 +27,20 @@ def host(name: str):
 LLM_HOSTS = {name: host(name) for name in lab_inventory.names("llm_servers")}
 
 
-def playbook(path: str, *args: str, timeout: int = 1200) -> str:
-    """Run `path` against the lab; its stdout. Fails the test with the output's tail if it fails."""
-    run = subprocess.run(
+def playbook_run(path: str, *args: str, timeout: int = 1200) -> subprocess.CompletedProcess:
+    """Run `path` against the lab as an operator does; the finished process."""
+    return subprocess.run(
         ["ansible-playbook", "-i", "inventory/lab", path, *args],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=timeout,
     )
+
+
+def playbook(path: str, *args: str, timeout: int = 1200) -> str:
+    """Run `path` against the lab; its stdout. Fails the test with the output's tail if it fails."""
+    run = playbook_run(path, *args, timeout=timeout)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     return run.stdout
 

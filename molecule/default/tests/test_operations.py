@@ -5,6 +5,7 @@ restarts every model server one host at a time; verify.yml checks what a user wo
 Each runs against the live lab as an operator runs it; nothing may fail meanwhile.
 """
 
+import json
 import time
 import urllib.request
 
@@ -28,6 +29,13 @@ def client_requests(port: int = 11403) -> float:
     return value("vllm:request_params_max_tokens_count{") - value(
         'vllm:request_params_max_tokens_bucket{engine="0",le="1.0"'
     )
+
+
+def target_health(url: str) -> str:
+    """What the lab's Prometheus says of the target it scrapes at `url`."""
+    with urllib.request.urlopen("http://127.0.0.1:9090/api/v1/targets?state=active", timeout=10) as resp:
+        targets = json.loads(resp.read())["data"]["activeTargets"]
+    return next(t["health"] for t in targets if t["scrapeUrl"] == url)
 
 
 def test_drain_and_undrain_a_host_under_load():
@@ -75,3 +83,29 @@ def test_rolling_restart_restarts_everything_one_host_at_a_time_under_load():
     assert all(t > first_back for (h, _), t in stopped.items() if h == hosts[1]), (after, stopped)
     assert "all-minilm-l6-v2 has one replica (citadel-llm-02)" in " ".join(out.split())
     assert probe.report.clean(), str(probe.report)
+
+
+def test_verify_passes_read_only_even_under_check():
+    for args in ((), ("--check",)):
+        out = playbook("playbooks/verify.yml", *args)
+        assert "changed=0" in out
+        assert "failed=0" in out
+        # It checked, not skipped: every model answered through the gateway.
+        assert "Every catalog model answers through the gateway" in out
+
+
+def test_verify_fails_on_a_target_that_is_down():
+    node = lab_ops.host("citadel-llm-01")
+    node.run("systemctl stop prometheus-node-exporter.service")
+    try:
+        # Prometheus reports a target by its last scrape: wait for the one after the stop.
+        for _ in range(30):
+            if target_health("http://citadel-llm-01:9100/metrics") == "down":
+                break
+            time.sleep(2)
+        run = lab_ops.playbook_run("playbooks/verify.yml")
+    finally:
+        node.run("systemctl start prometheus-node-exporter.service")
+    text = " ".join(run.stdout.split())
+    assert run.returncode != 0
+    assert "not up: node http://citadel-llm-01:9100/metrics" in text, run.stdout[-3000:]
