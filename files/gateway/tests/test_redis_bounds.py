@@ -160,3 +160,28 @@ def test_gateway_with_a_blackholed_redis_answers_at_once(stubs, gateway, silent,
         else:
             assert status == 200, body
     assert "redis did not answer" in g.logs()
+
+
+def test_redis_password_comes_from_the_systemd_credential(redis_server_with_password, tmp_path, monkeypatch):
+    """The redis role sets requirepass; the gateway's unit hands the password over as a systemd
+    credential (never in the config file): without it Redis refuses, with it the limiter works."""
+    from citadel_gateway import credentials
+    from conftest import REDIS_PASSWORD
+
+    [(refused, _)] = take_timed(redis_server_with_password, 2.0, 2.0)
+    assert isinstance(refused, Exception), refused
+    assert "auth" in str(refused).lower(), refused
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    assert credentials.read("redis-password") is None
+    (tmp_path / "redis-password").write_text(REDIS_PASSWORD + "\n")
+
+    async def main():
+        limiter = RedisLimiter(redis_server_with_password, 2.0, 2.0, password=credentials.read("redis-password"))
+        try:
+            return [await limiter.take("k", 60, 2) for _ in range(3)]
+        finally:
+            await limiter.close()
+
+    waits = asyncio.run(main())
+    assert waits[:2] == [0.0, 0.0]
+    assert waits[2] > 0  # the third of a burst of 2 waits: the password let the script run

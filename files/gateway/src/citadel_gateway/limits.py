@@ -83,8 +83,15 @@ class RedisLimiter:
     LimiterTimeout, so a blackholed Redis costs each request that long and no more."""
 
     def __init__(
-        self, url: str, connect_timeout_s: float = 0.25, timeout_s: float = 0.25, prefix: str = "citadel:rl:"
+        self,
+        url: str,
+        connect_timeout_s: float = 0.25,
+        timeout_s: float = 0.25,
+        prefix: str = "citadel:rl:",
+        password: str | None = None,
     ) -> None:
+        """``password``: Redis's requirepass (a password in ``url`` wins), kept out of the URL so
+        the config file can be shown and logged."""
         import redis.asyncio as redis  # imported here: only Redis-backed deployments need it
         from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
@@ -93,7 +100,11 @@ class RedisLimiter:
         # one immediate retry (a pooled connection Redis closed while idle), no backoff sleeps:
         # redis-py's default retries with backoff would outlast the bound below anyway
         self.r = redis.from_url(
-            url, socket_connect_timeout=connect_timeout_s, socket_timeout=timeout_s, retry=Retry(NoBackoff(), 1)
+            url,
+            password=password,
+            socket_connect_timeout=connect_timeout_s,
+            socket_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 1),
         )
         self.prefix = prefix
         self.bound = connect_timeout_s + timeout_s

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from . import auth
+from . import auth, credentials
 from . import config as C
 from .accesslog import AccessLog
 from .limits import MemoryLimiter, RedisLimiter
@@ -39,7 +39,12 @@ class Runtime:
     def _make_limiter(cfg: C.Config):
         rl = cfg.rate_limit
         if rl.backend == "redis":
-            return RedisLimiter(rl.redis_url, connect_timeout_s=rl.connect_timeout_s, timeout_s=rl.timeout_s)
+            return RedisLimiter(
+                rl.redis_url,
+                connect_timeout_s=rl.connect_timeout_s,
+                timeout_s=rl.timeout_s,
+                password=credentials.read("redis-password"),
+            )
         return MemoryLimiter()
 
     async def start(self) -> None:
