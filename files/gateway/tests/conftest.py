@@ -89,18 +89,27 @@ class Stub:
 
 
 class Gateway:
-    def __init__(self, tmp: Path, cfg: dict, name: str = "gw") -> None:
-        self.port = free_port()
+    def __init__(
+        self, tmp: Path, cfg: dict, name: str = "gw", port: int | None = None, launcher=(), pass_fds=()
+    ) -> None:
+        """``port``, ``launcher``: socket activation (tests/sd_launch.py, systemd-socket-activate):
+        the gateway is reached on ``port``, a socket the launcher passes; its config names another
+        port, which nothing may bind."""
+        self.port = port or free_port()
         cfg.setdefault("server", {})
-        cfg["server"].update({"host": "127.0.0.1", "port": self.port})
+        cfg["server"].update({"host": "127.0.0.1", "port": free_port() if port else self.port})
         self.cfg_path = tmp / f"{name}.yaml"
         self.write(cfg)
         self.log_path = tmp / f"{name}.log"
         self.log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "citadel_gateway", "--config", str(self.cfg_path), "--log-level", "warning"],
+            [
+                *launcher,
+                *[sys.executable, "-m", "citadel_gateway", "--config", str(self.cfg_path), "--log-level", "warning"],
+            ],
             stdout=self.log,
             stderr=subprocess.STDOUT,
+            pass_fds=pass_fds,
         )
         wait_port(self.port, self.proc)
 
@@ -230,8 +239,8 @@ def stubs():
 def gateway(tmp_path):
     made: list[Gateway] = []
 
-    def make(cfg, name="gw") -> Gateway:
-        g = Gateway(tmp_path, cfg, name)
+    def make(cfg, name="gw", **kw) -> Gateway:
+        g = Gateway(tmp_path, cfg, name, **kw)
         made.append(g)
         return g
 
@@ -260,12 +269,26 @@ def wait_ready(g: Gateway, timeout: float = 10.0, want: int = 200) -> None:
 
 @pytest.fixture
 def redis_server(tmp_path):
+    yield from _redis(tmp_path)
+
+
+REDIS_PASSWORD = "test-redis-password-0123456789"
+
+
+@pytest.fixture
+def redis_server_with_password(tmp_path):
+    """A redis-server with requirepass REDIS_PASSWORD (as the redis role configures it)."""
+    yield from _redis(tmp_path, "--requirepass", REDIS_PASSWORD)
+
+
+def _redis(tmp_path, *args: str):
     exe = shutil.which("redis-server")
     if exe is None:
-        pytest.skip("redis-server is not installed (scripts/bootstrap.sh installs it)")
+        pytest.fail("redis-server is not installed: run `make setup` (scripts/bootstrap.sh installs it)")
     port = free_port()
     p = subprocess.Popen(
-        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp_path)]
+        + list(args),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

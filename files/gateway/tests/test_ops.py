@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import signal
 import socket
@@ -32,10 +33,13 @@ def test_sighup_reload_during_inflight_requests_drops_nothing(stubs, gateway):
     wait_ready(g)
     a.control(delay=0.2)
     b.control(delay=0.2)
+    first = _ready_version(g)
+    assert first == hashlib.sha256(g.cfg_path.read_bytes()).hexdigest()
     out, threads = _load_in_background(g)
     time.sleep(0.3)
     cfg["models"][0]["aliases"] = ["chatty", "new-alias"]
     g.write(cfg)
+    second = hashlib.sha256(g.cfg_path.read_bytes()).hexdigest()
     g.signal(signal.SIGHUP)
     time.sleep(0.1)
     # an invalid file is refused and the running config kept
@@ -50,6 +54,14 @@ def test_sighup_reload_during_inflight_requests_drops_nothing(stubs, gateway):
     assert "config reload failed, keeping the running config" in logs
     assert "health.interval_s" in logs
     assert g.chat()[0] == 200
+    # /ready tells which file is in force, without an admin key: the reloaded one, not the refused one
+    assert _ready_version(g) == second != first
+
+
+def _ready_version(g) -> str:
+    status, _, body = g.request("GET", "/ready", key=None)
+    assert status == 200, body
+    return json.loads(body)["config_version"]
 
 
 def test_sigterm_drains_inflight_requests(stubs, gateway):

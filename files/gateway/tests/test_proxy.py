@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import socket
 import time
@@ -200,6 +201,7 @@ def test_ops_endpoints_and_metric_names(cluster):
     s, _, body = g.request("GET", "/ready", key=None)
     assert s == 503
     assert json.loads(body)["models_without_healthy_replica"] == ["embed-a"]
+    assert json.loads(body)["config_version"] == hashlib.sha256(g.cfg_path.read_bytes()).hexdigest()
 
 
 def test_access_log_is_one_json_line_per_request(cl):

@@ -80,21 +80,27 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     from .app import build_app
-    from .server import GatewayHttpProtocol, check_uvicorn
+    from .server import GatewayHttpProtocol, ListenError, check_uvicorn, describe, inherited_sockets
 
     try:
         check_uvicorn()  # server/ subclasses uvicorn internals: refuse to start on anything else
     except RuntimeError as e:
         print(f"citadel-gateway: {e}", file=sys.stderr)
         return 3
+    try:
+        # Started by citadel-gateway.socket: serve its socket (server.host/port do not apply),
+        # which outlives this process, so a restart refuses no connection.
+        sockets = inherited_sockets()
+    except ListenError as e:
+        print(f"citadel-gateway: {e}", file=sys.stderr)
+        return 4
 
     app = build_app(cfg, args.config if not args.backend else None, config_version=version)
     log = logging.getLogger("citadel_gateway")
     log.info(
-        "serving %d models on %s:%d (%s)",
+        "serving %d models on %s (%s)",
         len(cfg.models),
-        cfg.server.host,
-        cfg.server.port,
+        f"{describe(sockets)} (socket activation)" if sockets else f"{cfg.server.host}:{cfg.server.port}",
         ", ".join(f"{m.name}x{len(m.replicas)}" for m in cfg.models),
     )
     ucfg = uvicorn.Config(
@@ -109,14 +115,14 @@ def main(argv: list[str] | None = None) -> int:
         server_header=False,
         log_level=args.log_level,
         timeout_graceful_shutdown=cfg.server.drain_seconds,
-        backlog=4096,
+        backlog=4096,  # also set on an inherited socket (uvloop listens on it again)
     )
     # Everything built so far lives for the whole process: keep it out of the cyclic GC, and
     # collect young objects less often (the hot path allocates many short-lived, acyclic objects).
     gc.collect()
     gc.freeze()
     gc.set_threshold(20000, 20, 20)
-    uvicorn.Server(ucfg).run()
+    uvicorn.Server(ucfg).run(sockets=sockets)
     return 0
 
 

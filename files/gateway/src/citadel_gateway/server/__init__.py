@@ -21,7 +21,10 @@ Hostile clients (``server.*`` in the config), on every route:
   ``head_timeout_s``, answers 408 to bodies not complete within ``body_timeout_s``, closes
   keep-alive connections idle past uvicorn's keep-alive timeout and a client's oldest idle
   connections beyond ``max_idle_per_client``; connections beyond ``max_connections`` are closed
-  at accept.
+  at accept;
+- graceful shutdown (SIGTERM) answers what is under way and what arrives within a short grace,
+  every answer with ``Connection: close``, instead of closing connections whose request is on its
+  way; under socket activation the listening socket stays open in systemd meanwhile (``listen``).
 
 This package is the only place that touches uvicorn internals; every one it uses is checked at
 start-up by ``check_uvicorn`` (cli.main), against the exact uvicorn version pinned in
@@ -30,13 +33,25 @@ pyproject.toml.
 - ``protocol``: GatewayHttpProtocol (connection, input, parser callbacks, the hot path's start);
 - ``refusal``: its refusals and timeout answers (``Connection: close``, the lingering drain);
 - ``cycle``: HotCycle and the coalescing transport, the response writers;
-- ``sweeper``: the connection phases and the once-a-second sweep of every time limit;
+- ``sweeper``: the connection phases and the once-a-second sweep of every time limit; the
+  shutdown grace;
+- ``listen``: socket activation, the listening sockets systemd passes (sd_listen_fds);
 - ``compat``: the pinned uvicorn version, the internals used and their check; the ASGI
   disconnect hook.
 """
 
 from .compat import UVICORN_PIN, check_uvicorn, hook_asgi_disconnect
 from .cycle import HotCycle
+from .listen import ListenError, describe, inherited_sockets
 from .protocol import GatewayHttpProtocol
 
-__all__ = ["GatewayHttpProtocol", "HotCycle", "UVICORN_PIN", "check_uvicorn", "hook_asgi_disconnect"]
+__all__ = [
+    "GatewayHttpProtocol",
+    "HotCycle",
+    "ListenError",
+    "UVICORN_PIN",
+    "check_uvicorn",
+    "describe",
+    "hook_asgi_disconnect",
+    "inherited_sockets",
+]

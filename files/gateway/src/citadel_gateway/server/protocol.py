@@ -43,6 +43,7 @@ class GatewayHttpProtocol(RefusalMixin, HttpToolsProtocol):
         self.refusal: bytes | None = None
         self.linger_left = 0
         self.client_host: str | None = None
+        self.closing = False  # graceful shutdown under way: every answer closes the connection
         sweeper = getattr(self.server_state, "citadel_sweeper", None)
         if sweeper is None:  # one per server (uvicorn's ServerState lives as long as it)
             sweeper = self.server_state.citadel_sweeper = _Sweeper(self.loop, self.gateway)
@@ -90,6 +91,10 @@ class GatewayHttpProtocol(RefusalMixin, HttpToolsProtocol):
             cb = cycle.__dict__.get("citadel_on_disconnect")
             if cb is not None:
                 cb()
+
+    def shutdown(self) -> None:
+        """uvicorn stops accepting: answer what is under way or arrives within a grace (_Sweeper)."""
+        self.sweeper.shutdown(self)
 
     def handle_websocket_upgrade(self) -> None:
         self.phase = _CLOSED  # the websocket protocol owns the transport from here on
@@ -214,9 +219,8 @@ class GatewayHttpProtocol(RefusalMixin, HttpToolsProtocol):
                 and (self.cycle is None or self.cycle.response_complete)
                 and not parser.should_upgrade()
             ):
-                self.cycle = HotCycle(
-                    self, path, self.headers, parser.should_keep_alive(), gw.state.cfg.server.max_body_bytes, verdict
-                )
+                keep_alive = parser.should_keep_alive() and not self.closing
+                self.cycle = HotCycle(self, path, self.headers, keep_alive, gw.state.cfg.server.max_body_bytes, verdict)
                 return
         self.scope = {  # as uvicorn's on_message_begin
             "type": "http",
@@ -230,6 +234,8 @@ class GatewayHttpProtocol(RefusalMixin, HttpToolsProtocol):
             "state": self.app_state.copy(),
         }
         super().on_headers_complete()
+        if self.closing and self.cycle is not None:
+            self.cycle.keep_alive = False
 
     def _path(self) -> str:
         """The request path as uvicorn puts it in the ASGI scope (without root_path)."""

@@ -1,4 +1,5 @@
-"""The connection phases and the once-a-second sweep that enforces every time limit."""
+"""The connection phases, the once-a-second sweep that enforces every time limit, and the grace a
+connection gets at shutdown."""
 
 from __future__ import annotations
 
@@ -24,6 +25,11 @@ _CLOSED = 4  # closing: input ignored
 
 _DEFAULT_SERVER = C.Server()  # limits for apps that are not the gateway
 
+# Graceful shutdown: how long a connection with no request under way may still send one. A client
+# sends its request right after connecting; one accepted just before the shutdown (or an idle
+# keep-alive one) would get a reset where it expects an answer if it were closed at once.
+_SHUTDOWN_GRACE_S = 1.0
+
 
 class _Sweeper:
     """Every time limit of one server's connections, checked once a second (no timer per request).
@@ -43,6 +49,7 @@ class _Sweeper:
         self.handle: asyncio.TimerHandle | None = None
         self.rejected = 0  # connections closed at accept (max_connections) since the last report
         self.reported = 0.0
+        self.waiting: set[GatewayHttpProtocol] = set()  # shutdown: idle connections in their grace
 
     def add(self, proto: GatewayHttpProtocol) -> None:
         self.conns.add(proto)
@@ -91,6 +98,28 @@ class _Sweeper:
         if self.conns:
             self.handle = self.loop.call_later(1.0, self.sweep)
 
+    def shutdown(self, p: GatewayHttpProtocol) -> None:
+        """uvicorn's graceful shutdown of one connection (it has stopped accepting). uvicorn would
+        close every connection not being answered, also one whose request is on its way or half
+        read; here a request under way or arriving within the grace is answered with
+        ``Connection: close``, and only a connection still idle after the grace is closed."""
+        p.closing = True  # the protocol answers every request from now on with Connection: close
+        if p.phase >= _LINGER:
+            return
+        cycle = p.cycle
+        if cycle is not None and not cycle.response_complete:
+            cycle.keep_alive = False
+        elif _idle(p):
+            self.waiting.add(p)
+            if len(self.waiting) == 1:
+                self.loop.call_later(_SHUTDOWN_GRACE_S, self._end_grace)
+
+    def _end_grace(self) -> None:
+        for p in self.waiting:
+            if p.phase < _LINGER and _idle(p):
+                p.timeout_keep_alive_handler()
+        self.waiting.clear()
+
     @staticmethod
     def _close_idle_beyond(idle: list, keep: int) -> None:
         by_client: dict = {}
@@ -101,3 +130,11 @@ class _Sweeper:
                 ps.sort(key=lambda p: p.idle_since)
                 for p in ps[: len(ps) - keep]:  # the oldest idle ones
                     p.timeout_keep_alive_handler()
+
+
+def _idle(p: GatewayHttpProtocol) -> bool:
+    """No request under way: not a byte of a head yet (a fresh connection, or the next request of
+    a keep-alive one), nothing being answered."""
+    if p.pipeline or (p.cycle is not None and not p.cycle.response_complete):
+        return False
+    return p.phase == _DONE or (p.phase == _HEAD and p.head_left == p.max_head)
