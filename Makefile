@@ -25,7 +25,7 @@ setup: ## Install podman, the lab image, the apt proxy, the pinned tooling (.ven
 	@lab/proxy.sh
 	@lab/build-wheelhouse.sh >/dev/null
 	@lab/prepare-models.sh >/dev/null
-	@lab/gateway-api-key.sh >/dev/null
+	@lab/secrets.sh >/dev/null
 	@lab/ssh-keys.sh >/dev/null
 	@lab/build-gateway-wheelhouse.sh >/dev/null
 	@files/gateway/scripts/venv.sh
@@ -41,7 +41,8 @@ lab: setup ## Bring up the lab hosts and run site.yml against them (kept up)
 	@echo "lab hosts (published on 127.0.0.1 only):"
 	@podman ps --filter name=citadel- --format '  {{.Names}}  {{.Ports}}'
 	@echo
-	@echo "gateway: http://127.0.0.1:8000  (API key in $(CITADEL_CACHE)/lab-gateway-api-key; admin key, for drains: lab-gateway-admin-key)"
+	@echo "gateways: http://127.0.0.1:8000 and http://127.0.0.1:8001 (limits shared through Redis)"
+	@echo "  API key in $(CITADEL_CACHE)/lab-gateway-api-key; admin key, for drains: lab-gateway-admin-key"
 	@echo "try:"
 	@echo "  curl -s 127.0.0.1:8000/v1/chat/completions -H \"Authorization: Bearer \$$(cat .cache/lab-gateway-api-key)\" \\"
 	@echo "    -H 'Content-Type: application/json' -d '{\"model\":\"smollm2-135m\",\"temperature\":0,\"max_tokens\":16,\"messages\":[{\"role\":\"user\",\"content\":\"What is the capital of France?\"}]}'"

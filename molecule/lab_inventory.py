@@ -53,3 +53,13 @@ def models_on(name: str) -> list[dict]:
 def served_models() -> list[tuple[str, dict]]:
     """(host, model) for every model replica in the lab."""
     return [(host, model) for host in names("llm_servers") for model in models_on(host)]
+
+
+def published_port(name: str, port: int) -> int:
+    """The port on this machine's loopback that lab host `name` publishes its `port` on
+    (lab_publish "127.0.0.1:HOST:CONTAINER")."""
+    for spec in hostvars(name).get("lab_publish", []):
+        _, outside, inside = spec.split(":")
+        if int(inside) == port:
+            return int(outside)
+    raise LookupError(f"{name} publishes no port {port} (lab_publish in inventory/lab/hosts.yml)")

@@ -133,10 +133,10 @@ def test_lab_targets_come_from_inventory_and_catalog():
     ]
     assert {g["labels"]["tier"] for g in _file_sd(out, "vllm")} == {"lightweight", "embedding"}
     assert _file_sd(out, "llm_gateway") == [
-        {"targets": ["citadel-gateway-01:8000"], "labels": {"host": "citadel-gateway-01"}}
+        {"targets": [f"citadel-gateway-0{i}:8000"], "labels": {"host": f"citadel-gateway-0{i}"}} for i in (1, 2)
     ]
     nodes = sorted(t for g in _file_sd(out, "node") for t in g["targets"])
-    assert nodes == [f"citadel-{h}:9100" for h in ("gateway-01", "llm-01", "llm-02", "monitor-01")]
+    assert nodes == [f"citadel-{h}:9100" for h in ("gateway-01", "gateway-02", "llm-01", "llm-02", "monitor-01")]
 
 
 def test_production_targets_use_ansible_host():

@@ -114,6 +114,7 @@ def test_preflight_rejects_bad_catalogs(ansible, catalog, expected):
         assert fragment in text, f"{fragment!r} not in preflight output:\n{out.stdout[-2000:]}"
 
 
+REDIS_PASSWORD = "preflight-redis-secret-0123456789"
 TEST_KEY = {"name": "test", "key": "preflight-test-key-0123456789", "models": ["*"]}
 
 
@@ -144,6 +145,22 @@ TEST_KEY = {"name": "test", "key": "preflight-test-key-0123456789", "models": ["
             {"llm_gateway_rate_limit_backend": "redis"},
             ["llm_gateway_rate_limit_backend=redis", "redis://"],
         ),
+        (
+            {"llm_gateway_rate_limit_backend": "redis", "llm_gateway_redis_url": "redis://redis-host:6379/0"},
+            ["set llm_gateway_redis_password", "from vault"],
+        ),
+        (
+            {
+                "llm_gateway_rate_limit_backend": "redis",
+                "llm_gateway_redis_url": f"redis://:{REDIS_PASSWORD}@redis-host:6379/0",
+                "llm_gateway_redis_password": REDIS_PASSWORD,
+            },
+            ["keep credentials out of llm_gateway_redis_url (now 'redis://***@redis-host:6379/0')"],
+        ),
+        (
+            {"redis_password": "shortpw"},
+            ["redis_password must be set, at least 16 characters", "llm_gateway_redis_password"],
+        ),
     ],
 )
 def test_gateway_preflight_rejects_bad_settings(ansible, extra, expected):
@@ -152,8 +169,9 @@ def test_gateway_preflight_rejects_bad_settings(ansible, extra, expected):
     assert out.returncode != 0
     for fragment in expected:
         assert fragment in text, f"{fragment!r} not in preflight output:\n{out.stdout[-2000:]}"
-    # The key itself never reaches the output.
-    assert "preflight-test-key-0123456789" not in out.stdout + out.stderr
+    # No secret ever reaches the output.
+    for secret in ("preflight-test-key-0123456789", REDIS_PASSWORD, "preflight-redis-password-0123", "shortpw"):
+        assert secret not in out.stdout + out.stderr
 
 
 def test_gateway_preflight_rejects_unknown_fallbacks(ansible):

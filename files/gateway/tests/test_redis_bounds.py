@@ -162,26 +162,41 @@ def test_gateway_with_a_blackholed_redis_answers_at_once(stubs, gateway, silent,
     assert "redis did not answer" in g.logs()
 
 
-def test_redis_password_comes_from_the_systemd_credential(redis_server_with_password, tmp_path, monkeypatch):
-    """The redis role sets requirepass; the gateway's unit hands the password over as a systemd
-    credential (never in the config file): without it Redis refuses, with it the limiter works."""
-    from citadel_gateway import credentials
+def test_redis_password_comes_from_the_password_file(stubs, gateway, redis_server_with_password, tmp_path):
+    """The redis role sets requirepass; the gateway reads the password from
+    rate_limit.redis_password_file (never from the config itself): with it, a real gateway enforces
+    the key's limit through Redis; without it Redis refuses and on_redis_error: reject answers."""
     from conftest import REDIS_PASSWORD
 
     [(refused, _)] = take_timed(redis_server_with_password, 2.0, 2.0)
-    assert isinstance(refused, Exception), refused
     assert "auth" in str(refused).lower(), refused
-    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
-    assert credentials.read("redis-password") is None
-    (tmp_path / "redis-password").write_text(REDIS_PASSWORD + "\n")
+    secret = tmp_path / "redis-password"
+    secret.write_text(REDIS_PASSWORD + "\n")
+    a, e = stubs(["chat-a"]), stubs(["embed-a"])
+    rl = {"backend": "redis", "redis_url": redis_server_with_password, "on_redis_error": "reject", "timeout_s": 2.0}
+    g = gateway(base_config([a.url], [e.url], rate_limit={**rl, "redis_password_file": str(secret)}))
+    wait_ready(g)
+    assert [g.chat(key="limited")[0] for _ in range(4)] == [200, 200, 200, 429]  # burst 3
+    assert REDIS_PASSWORD not in g.cfg_path.read_text() + g.logs()
+    without = gateway(base_config([a.url], [e.url], rate_limit=rl), name="without")
+    wait_ready(without)
+    status, _, body = without.chat(key="limited")
+    assert status == 503, body
+    assert json.loads(body)["error"]["code"] == "rate_limiter_unavailable"
 
-    async def main():
-        limiter = RedisLimiter(redis_server_with_password, 2.0, 2.0, password=credentials.read("redis-password"))
-        try:
-            return [await limiter.take("k", 60, 2) for _ in range(3)]
-        finally:
-            await limiter.close()
 
-    waits = asyncio.run(main())
-    assert waits[:2] == [0.0, 0.0]
-    assert waits[2] > 0  # the third of a burst of 2 waits: the password let the script run
+@pytest.mark.parametrize(
+    ("setting", "error"),
+    [
+        ({"redis_password_file": "/nonexistent/redis-password"}, "cannot read /nonexistent/redis-password"),
+        ({"redis_url": "redis://:hunter2-secret@127.0.0.1:6379/0"}, "holds credentials"),
+    ],
+)
+def test_redis_credentials_are_checked(tmp_path, setting, error):
+    from citadel_gateway.config import ConfigError, parse
+
+    cfg = base_config(["http://127.0.0.1:9"], ["http://127.0.0.1:9"])
+    cfg["rate_limit"] = {"backend": "redis", "redis_url": "redis://127.0.0.1:6379/0", **setting}
+    with pytest.raises(ConfigError, match=error) as e:
+        parse(cfg)
+    assert "hunter2" not in str(e.value)

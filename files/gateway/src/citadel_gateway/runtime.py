@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from . import auth, credentials
+from . import auth
 from . import config as C
 from .accesslog import AccessLog
 from .limits import MemoryLimiter, RedisLimiter
@@ -43,7 +43,7 @@ class Runtime:
                 rl.redis_url,
                 connect_timeout_s=rl.connect_timeout_s,
                 timeout_s=rl.timeout_s,
-                password=credentials.read("redis-password"),
+                password=rl.redis_password,
             )
         return MemoryLimiter()
 

@@ -190,7 +190,7 @@ def parse(raw: Any) -> Config:
     rl = _map(
         "rate_limit",
         top.get("rate_limit"),
-        ("backend", "redis_url", "on_redis_error", "connect_timeout_s", "timeout_s"),
+        ("backend", "redis_url", "redis_password_file", "on_redis_error", "connect_timeout_s", "timeout_s"),
     )
     backend = rl.get("backend", "memory")
     if backend not in ("memory", "redis"):
@@ -200,6 +200,9 @@ def parse(raw: Any) -> Config:
         _str("rate_limit.redis_url", redis_url)
     if backend == "redis" and not redis_url:
         raise ConfigError("rate_limit.redis_url: required when rate_limit.backend is redis")
+    if redis_url and _URL_PASSWORD.match(redis_url):
+        raise ConfigError("rate_limit.redis_url: holds credentials; put the password in rate_limit.redis_password_file")
+    redis_password = _password_file("rate_limit.redis_password_file", rl.get("redis_password_file"))
     on_redis_error = rl.get("on_redis_error", "allow")
     if on_redis_error not in ("allow", "reject"):
         raise ConfigError(f"rate_limit.on_redis_error: {on_redis_error!r} is not one of allow, reject")
@@ -230,6 +233,7 @@ def parse(raw: Any) -> Config:
         rate_limit=RateLimit(
             backend=backend,
             redis_url=redis_url,
+            redis_password=redis_password,
             on_redis_error=on_redis_error,
             connect_timeout_s=_num("rate_limit.connect_timeout_s", rl.get("connect_timeout_s", 0.25), exclusive=True),
             timeout_s=_num("rate_limit.timeout_s", rl.get("timeout_s", 0.25), exclusive=True),
@@ -298,3 +302,24 @@ def from_backends(pairs: list[str], key_digests: list[tuple[str, str]], base: Co
 
         cfg = replace(base, models=cfg.models, auth=cfg.auth if key_digests else base.auth)
     return cfg
+
+
+# redis://user:secret@host or redis://:secret@host
+_URL_PASSWORD = re.compile(r"^rediss?://[^/@]*:[^/@]*@")
+
+
+def _password_file(where: str, path: Any) -> str | None:
+    """The secret in file ``path`` (surrounding whitespace stripped), or None without a path. Read
+    here, by the gateway's own user, so `--check-config` and a start both fail on a missing or
+    unreadable file, with the reason."""
+    if path is None:
+        return None
+    _str(where, path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            secret = f.read().strip()
+    except OSError as e:
+        raise ConfigError(f"{where}: cannot read {path}: {e.strerror}") from None
+    if not secret:
+        raise ConfigError(f"{where}: {path} is empty")
+    return secret

@@ -52,6 +52,8 @@ class Auth:
 class RateLimit:
     backend: str = "memory"
     redis_url: str | None = None
+    # Read from rate_limit.redis_password_file (never written in the config itself).
+    redis_password: str | None = field(default=None, repr=False)
     # Redis unreachable: "allow" serves the request (and logs an ERROR), "reject" answers 503.
     on_redis_error: str = "allow"
     # Bounded waits on Redis (a blackholed Redis must not hang requests); a timeout is an error

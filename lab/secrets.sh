@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The lab's secrets: random, generated once, kept in the cache (never in the
+# repository). The lab inventory reads them with file lookups; tests and
+# `make load` read them from the same files. Prints their paths.
+#   lab-gateway-api-key      the client key (every model)
+#   lab-gateway-admin-key    the operator key (admin API only: drains)
+#   lab-gateway-limited-key  a key with a small rate limit (the two-gateway limit test)
+#   lab-redis-password       Redis's requirepass (the gateways' shared rate limits)
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+cache=${CITADEL_CACHE:-$here/../.cache}
+mkdir -p "$cache"
+for name in lab-gateway-api-key lab-gateway-admin-key lab-gateway-limited-key lab-redis-password; do
+  key="$(cd "$cache" && pwd)/$name"
+  if [ ! -s "$key" ]; then
+    (umask 077; head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$key")
+  fi
+  echo "$key"
+done

@@ -1,0 +1,89 @@
+"""Two gateways behind a balancer enforce one key's rate limit together: their token buckets live
+in the lab's Redis (on citadel-monitor-01, password from a systemd credential)."""
+
+import json
+import math
+import os
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from email.message import Message
+
+import lab_inventory
+import lab_ops
+from lab_ops import CACHE
+
+GATEWAYS = lab_inventory.names("llm_gateway")
+PORTS = [lab_inventory.published_port(g, 8000) for g in GATEWAYS]
+LIMITED_KEY = (CACHE / "lab-gateway-limited-key").read_text().strip()
+REDIS_PASSWORD = (CACHE / "lab-redis-password").read_text().strip()
+# The lab-limited key (inventory/lab/group_vars/llm_gateway/gateway.yml).
+RPM, BURST = 6, 10
+
+
+def embed(port: int) -> tuple[int, Message, dict]:
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/embeddings",
+        data=json.dumps({"model": "all-minilm-l6-v2", "input": "hello"}).encode(),
+        headers={"Authorization": f"Bearer {LIMITED_KEY}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, resp.headers, json.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, json.loads(e.read())
+
+
+def redis(*command: str) -> str:
+    """redis-cli on the Redis host; the password goes in through the environment only."""
+    (host,) = lab_inventory.names("redis")
+    run = subprocess.run(
+        ["podman", "exec", "--env", "REDISCLI_AUTH", host, "redis-cli", "--no-auth-warning", *command],
+        env={**os.environ, "REDISCLI_AUTH": REDIS_PASSWORD},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    return run.stdout.strip()
+
+
+def test_one_keys_limit_is_enforced_across_both_gateways():
+    """40 requests of one key, alternating between the gateways: together they get the key's
+    burst plus what refilled meanwhile — one bucket — where two in-memory limiters would give
+    twice the burst. Both gateways answer, the rest are OpenAI-shaped 429s with Retry-After."""
+    assert len(GATEWAYS) == 2, GATEWAYS
+    redis("DEL", "citadel:rl:lab-limited")  # a full bucket to start from
+    t0 = time.monotonic()
+    answers = [(port, *embed(port)) for _ in range(20) for port in PORTS]
+    elapsed = time.monotonic() - t0
+    ok = [port for port, status, _, _ in answers if status == 200]
+    limited = [(port, h, b) for port, status, h, b in answers if status == 429]
+    allowed = BURST + math.ceil(elapsed * RPM / 60)
+    print(f"40 requests over two gateways in {elapsed:.1f} s: {len(ok)} x 200, {len(limited)} x 429 (bucket {allowed})")
+    assert len(ok) + len(limited) == len(answers), [a[:2] for a in answers]
+    assert BURST <= len(ok) <= allowed, f"{len(ok)} requests passed; one shared bucket allows {BURST}-{allowed}"
+    assert set(ok) == set(PORTS), f"200s came from ports {set(ok)} only"
+    assert {port for port, _, _ in limited} == set(PORTS)
+    for _, headers, body in limited:
+        assert int(headers["Retry-After"]) >= 1
+        assert (body["error"]["type"], body["error"]["code"]) == ("rate_limit_error", "rate_limited"), body
+    assert redis("EXISTS", "citadel:rl:lab-limited") == "1"
+
+
+def test_redis_refuses_clients_without_the_password_and_no_config_holds_it():
+    """Redis refuses a client without the password; each gateway's config names the password file,
+    which only root and the gateway's group read, and never holds the password."""
+    (host,) = lab_inventory.names("redis")
+    anonymous = subprocess.run(
+        ["podman", "exec", host, "redis-cli", "GET", "x"], capture_output=True, text=True, timeout=30
+    )
+    assert "NOAUTH" in anonymous.stdout + anonymous.stderr
+    for gw in GATEWAYS:
+        on = lab_ops.host(gw)
+        config = on.file("/etc/citadel/gateway/config.yml").content_string
+        assert "redis_password_file: /etc/citadel/gateway/redis-password" in config
+        assert REDIS_PASSWORD not in config
+        secret = on.file("/etc/citadel/gateway/redis-password")
+        assert (secret.user, secret.group, secret.mode) == ("root", "citadel-gateway", 0o640)
