@@ -25,7 +25,7 @@ setup: ## Install podman, the lab image, the apt proxy, the pinned tooling (.ven
 	@lab/proxy.sh
 	@lab/build-wheelhouse.sh >/dev/null
 	@lab/prepare-models.sh >/dev/null
-	@lab/secrets.sh >/dev/null
+	@lab/keygen.sh >/dev/null
 	@lab/ssh-keys.sh >/dev/null
 	@lab/build-gateway-wheelhouse.sh >/dev/null
 	@files/gateway/scripts/venv.sh

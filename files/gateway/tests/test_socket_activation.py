@@ -41,6 +41,28 @@ def activated(tmp, cfg: dict, sock: socket.socket, name: str) -> Gateway:
     return Gateway(tmp, cfg, name, port=sock.getsockname()[1], launcher=[*LAUNCH, str(fd), "--"], pass_fds=(fd,))
 
 
+def _holds(g: Gateway, sock: socket.socket) -> bool:
+    """Whether process ``g`` has the listening socket ``sock`` open (in /proc/PID/fd)."""
+    inode = f"socket:[{os.fstat(sock.fileno()).st_ino}]"
+    fds = f"/proc/{g.proc.pid}/fd"
+    for fd in os.listdir(fds):
+        try:
+            if os.readlink(f"{fds}/{fd}") == inode:
+                return True
+        except FileNotFoundError:
+            continue
+    return False
+
+
+def _wait_until_released(g: Gateway, sock: socket.socket, timeout: float = 15.0) -> None:
+    """Until process ``g`` has closed the listening socket (it stopped accepting): watched, not
+    guessed with a sleep, so a busy machine only makes it slower."""
+    end = time.monotonic() + timeout
+    while _holds(g, sock):
+        assert time.monotonic() < end, f"process {g.proc.pid} still listens {timeout} s after SIGTERM"
+        time.sleep(0.01)
+
+
 def access_lines(g: Gateway) -> list[dict]:
     """The requests a stopped gateway process served (its JSON access log)."""
     return [json.loads(line) for line in g.log_path.read_text().splitlines() if line.startswith('{"ts":')]
@@ -178,8 +200,9 @@ def test_a_stopping_process_answers_what_reached_it_and_the_next_one_what_queued
     stream.start()
     time.sleep(0.5)  # all of them accepted by process 1, the stream in flight
 
+    assert _holds(g1, sock)
     g1.signal(signal.SIGTERM)
-    time.sleep(0.3)  # process 1 has stopped accepting and drains the stream
+    _wait_until_released(g1, sock)  # process 1 has stopped accepting and drains the stream
     queued = _connect(port)  # not refused: the socket is still open (here, as in systemd)
     queued.request("POST", "/v1/chat/completions", CHAT, {**AUTH, "x-request-id": "queued"})
     fresh.request("POST", "/v1/chat/completions", CHAT, {**AUTH, "x-request-id": "fresh"})

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The lab's secrets: random, generated once, kept in the cache (never in the
+# The lab's keys and passwords: random, generated once, kept in the cache (never in the
 # repository). The lab inventory reads them with file lookups; tests and
 # `make load` read them from the same files. Prints their paths.
 #   lab-gateway-api-key      the client key (every model)
