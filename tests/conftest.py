@@ -13,8 +13,8 @@ REPO = Path(__file__).resolve().parent.parent
 def ansible():
     """Run an ansible CLI from the repository root; returns the CompletedProcess."""
 
-    def run(*args: str) -> subprocess.CompletedProcess:
-        env = {**os.environ, "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_NOCOLOR": "1"}
+    def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+        env = {**os.environ, "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_NOCOLOR": "1", **(env or {})}
         return subprocess.run(list(args), cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
     return run
