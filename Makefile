@@ -28,7 +28,8 @@ setup: ## Install podman, the lab image, the apt proxy, the pinned tooling (.ven
 	@lab/keygen.sh >/dev/null
 	@lab/ssh-keys.sh >/dev/null
 	@lab/build-gateway-wheelhouse.sh >/dev/null
-	@files/gateway/scripts/venv.sh
+	@files/gateway/scripts/venv.sh 3.11
+	@files/gateway/scripts/venv.sh 3.12
 	@loadtests/bench/venv.sh
 
 lab: setup ## Bring up the lab hosts and run site.yml against them (kept up)
@@ -59,6 +60,7 @@ lint: ## yamllint, ansible-lint (production profile), ruff
 unit: ## Tests that need no lab host: repository (inventories, syntax, preflight, rules) and the gateway package
 	pytest tests loadtests/bench
 	$(CURDIR)/.cache/gateway-venv/bin/pytest files/gateway/tests
+	$(CURDIR)/.cache/gateway-venv-3.12/bin/pytest files/gateway/tests
 
 molecule: ## Every Molecule scenario: create, converge, idempotence, verify, destroy
 	molecule test --all
@@ -71,7 +73,7 @@ load: ## Locust against the gateway with the catalog's SLO gates (HOST=, INVENTO
 	@HOST='$(HOST)' INVENTORY='$(INVENTORY)' loadtests/run.sh $(ARGS)
 
 bench-gateway: ## Gateway vs direct, vllm-router, sglang-router, Portkey, LiteLLM (pinned) on a stub upstream (wrk, ~8 min; exit 1 if a target fails)
-	@files/gateway/scripts/venv.sh
+	@files/gateway/scripts/venv.sh 3.12
 	@loadtests/bench/venv.sh
 	@loadtests/install-litellm.sh
 	@loadtests/install-routers.sh

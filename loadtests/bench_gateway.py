@@ -35,8 +35,18 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from bench import paired
 from bench.peers import PEERS, Peer, Where
-from bench.report import evaluate, fmt, print_profile, print_targets, report, summarize, systems_table
+from bench.report import (
+    evaluate,
+    fmt,
+    paired_added,
+    print_profile,
+    print_targets,
+    report,
+    summarize,
+    systems_table,
+)
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -210,9 +220,10 @@ class Target:
 
 
 def find_gateway(explicit: str | None) -> str | None:
-    # The gateway's own dev venv (its pinned lock) first; then one installed next to this Python.
+    # The gateway's dev venv on Python 3.12 (files/gateway/scripts/venv.sh 3.12: its pinned lock,
+    # Ubuntu 24.04's Python, as in production) first; then one installed next to this Python.
     local = Path(sys.executable).parent / "citadel-gateway"
-    for cand in (explicit, CACHE / "gateway-venv/bin/citadel-gateway", local, shutil.which("citadel-gateway")):
+    for cand in (explicit, CACHE / "gateway-venv-3.12/bin/citadel-gateway", local, shutil.which("citadel-gateway")):
         if cand and Path(cand).is_file() and os.access(cand, os.X_OK):
             return str(cand)
     return None
@@ -224,6 +235,14 @@ def pkg_version(bindir: Path, dist: str) -> str:
     try:
         out = subprocess.run([str(py), "-c", code], capture_output=True, text=True, timeout=30)
         return out.stdout.strip() or "?"
+    except OSError:
+        return "?"
+
+
+def python_version(bindir: Path) -> str:
+    try:
+        out = subprocess.run([str(bindir / "python"), "-V"], capture_output=True, text=True, timeout=30)
+        return out.stdout.split()[-1] if out.stdout else "?"
     except OSError:
         return "?"
 
@@ -298,7 +317,7 @@ def wrk(args, t: Target, key: str, conc: int, duration: int) -> dict:
     if args.load_cpus:
         cmd = ["taskset", "-c", args.load_cpus, *cmd]
     extra = "\n".join(f"{k}: {v}" for k, v in t.headers.items())
-    env = {**os.environ, "BENCH_MODEL": MODEL, "BENCH_KEY": key, "BENCH_HEADERS": extra}
+    env = {**os.environ, "BENCH_BODY": paired.body(MODEL).decode(), "BENCH_KEY": key, "BENCH_HEADERS": extra}
     out = subprocess.run([*cmd, t.base], capture_output=True, text=True, env=env, timeout=duration + 60)
     for line in out.stdout.splitlines():
         if line.startswith("BENCH_JSON "):
@@ -502,9 +521,15 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=1, help="seconds of unmeasured wrk before each run")
     p.add_argument("--quick", action="store_true", help="1 round, 3 s runs: a smoke test of the harness")
     p.add_argument("--concurrency", default="1,16,64")
+    p.add_argument(
+        "--paired-seconds",
+        type=float,
+        default=10.0,
+        help="per round, c=1 request by request across direct, ours and the Rust routers (bench/paired.py); 0: none",
+    )
     p.add_argument("--no-gate", action="store_true", help="print only; exit 0 whatever the targets say")
     p.add_argument("--json", default=str(CACHE / "bench-gateway.json"), help="where to write the results")
-    p.add_argument("--gateway", help="citadel-gateway executable (default: .cache/gateway-venv, then PATH)")
+    p.add_argument("--gateway", help="citadel-gateway executable (default: .cache/gateway-venv-3.12, then PATH)")
     p.add_argument(
         "--peers",
         default=",".join(PEERS),
@@ -539,6 +564,7 @@ def parse_args() -> argparse.Namespace:
     args = p.parse_args()
     if args.quick:
         args.rounds, args.duration, args.warmup = 1, 3, 1
+        args.paired_seconds = min(args.paired_seconds, 3.0)
     if args.pinned:
         args.load_cpus, args.server_cpus = "0", "1"
     if len(os.sched_getaffinity(0)) < 2:
@@ -551,10 +577,12 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def run_rounds(args, targets: list[Target], key: str, stub: Service, concs: list[int], run_async) -> tuple:
-    """Interleaved: every round runs every concurrency for every target, order rotated per round."""
+def run_rounds(args, targets: list[Target], key: str, stub: Service, concs: list[int], run_async, kinds) -> tuple:
+    """Interleaved: every round runs every concurrency for every target, order rotated per round,
+    then the paired c=1 run and the streams."""
     runs: list[dict] = []
     stream_runs: list[dict] = []
+    paired_runs: list[dict] = []
     w = max(len(t.name) for t in targets)
     for rnd in range(args.rounds):
         # Rotate the target order each round so no target always runs first/last.
@@ -570,6 +598,18 @@ def run_rounds(args, targets: list[Target], key: str, stub: Service, concs: list
                     f"  errors {r['errors']}",
                     flush=True,
                 )
+        if args.paired_seconds > 0:
+            # c=1 again, request by request across direct, ours and the Rust routers (bench/paired.py)
+            group = [t for t in order if t.name in ("direct", "gateway") or kinds.get(t.name) == "rust"]
+            settle([stub.pid] + [t.svc.pid for t in group if t.svc])
+            res = paired.run([(t.name, t.base, t.headers) for t in group], key, MODEL, args.paired_seconds)
+            for name, r in res.items():
+                paired_runs.append(r | {"target": name, "round": rnd})
+                print(
+                    f"  round {rnd + 1} paired c=1 {name:{w}} {r['requests']:7d} requests"
+                    f"  p50 {fmt(r['p50_ms'], '.3f')} ms  p99 {fmt(r['p99_ms'], '.3f')} ms  errors {r['errors']}",
+                    flush=True,
+                )
         for conc, total in ((1, 10), (16, 48)):
             for t in order:
                 settle([stub.pid] + ([t.svc.pid] if t.svc else []))
@@ -582,7 +622,7 @@ def run_rounds(args, targets: list[Target], key: str, stub: Service, concs: list
                     f"  errors {s['errors']}" + (f" {s['error_samples'][0]}" if s["errors"] else ""),
                     flush=True,
                 )
-    return runs, stream_runs
+    return runs, stream_runs, paired_runs
 
 
 def check_hardening(gw: Target, key: str, logdir: Path, served: int) -> dict:
@@ -667,7 +707,11 @@ def main() -> int:
         if gw_exe:
             gw = start_gateway(args, gw_exe, stub_base, key, logdir)
             targets.append(gw)
-            meta["gateway"] = {"exe": gw_exe, "version": pkg_version(Path(gw_exe).parent, "citadel-gateway")}
+            meta["gateway"] = {
+                "exe": gw_exe,
+                "version": pkg_version(Path(gw_exe).parent, "citadel-gateway"),
+                "python": python_version(Path(gw_exe).parent),
+            }
             meta["versions"]["gateway"] = meta["gateway"]["version"]
         else:
             print("gateway: citadel-gateway not found (make the gateway venv: files/gateway/scripts/venv.sh)")
@@ -681,9 +725,10 @@ def main() -> int:
             f"peers: {', '.join(f'{n} {v}' for n, v in meta['versions'].items() if n != 'gateway') or '-'}"
             f"   left out: {', '.join(args.left_out) or '-'}"
         )
-        runs, stream_runs = run_rounds(args, targets, key, stub, concs, run_async)
+        runs, stream_runs, paired_runs = run_rounds(args, targets, key, stub, concs, run_async, meta["kinds"])
         if gw_exe:
             served = sum(r["requests"] for r in runs if r["target"] == "gateway")
+            served += sum(r["requests"] for r in paired_runs if r["target"] == "gateway")
             served += sum(s["streams"] - s["errors"] for s in stream_runs if s["target"] == "gateway")
             hard = check_hardening(gw, key, logdir, served)
         if args.profile and gw_exe:
@@ -696,7 +741,7 @@ def main() -> int:
 
     names = [t.name for t in targets]
     summary, ssum = summarize(runs, stream_runs, names, concs)
-    table = systems_table(summary, ssum, names, concs, meta)
+    table = systems_table(summary, ssum, names, concs, meta, paired_added(paired_runs))
     report(args, summary, ssum, table, names, concs)
     checks = evaluate(args, summary, ssum, table, concs, hard)
     print_targets(checks, summary, names, concs)
@@ -714,6 +759,7 @@ def main() -> int:
         "targets": checks,
         "profile": profile,
         "runs": runs,
+        "paired_runs": paired_runs,
         "stream_runs": stream_runs,
     }
     out = Path(args.json)

@@ -1,8 +1,7 @@
 -- wrk script for bench_gateway.py: POST a small chat completion, and print the
 -- summary as one JSON line (prefixed BENCH_JSON) so the harness need not parse wrk's text.
--- Env: BENCH_MODEL (model name), BENCH_KEY (API key, sent as a Bearer token), BENCH_HEADERS
+-- Env: BENCH_BODY (the JSON body), BENCH_KEY (API key, sent as a Bearer token), BENCH_HEADERS
 -- (extra headers, one "Name: value" a line; only for the peers that route by header).
-local model = os.getenv("BENCH_MODEL") or "bench-model"
 local key = os.getenv("BENCH_KEY")
 local extra = os.getenv("BENCH_HEADERS") or ""
 
@@ -15,9 +14,8 @@ end
 for name, value in extra:gmatch("([^:\n]+):%s*([^\n]*)") do
   wrk.headers[name] = value
 end
-wrk.body = '{"model":"' .. model .. '","messages":[{"role":"system","content":"You are a helpful assistant."},'
-  .. '{"role":"user","content":"What is the capital of France? Answer in one sentence."}],'
-  .. '"max_tokens":64,"temperature":0}'
+-- The body is bench/paired.py's body(): one request for every load of the benchmark.
+wrk.body = assert(os.getenv("BENCH_BODY"), "BENCH_BODY is not set (bench_gateway.py sets it)")
 
 function done(summary, latency, requests)
   local e = summary.errors

@@ -41,7 +41,7 @@ def summarize(runs: list[dict], stream_runs: list[dict], names: list[str], concs
             summary[f"{name}/c{conc}"] = {
                 k: med(rows, k)
                 for k in ("rps", "p50_ms", "p99_ms", "cpu_us_per_req", "stub_cpu_us_per_req", "server_core")
-            } | {"errors": sum(r["errors"] for r in rows)}
+            } | {"errors": sum(r["errors"] for r in rows), "cpu_rounds": [r["cpu_us_per_req"] for r in rows]}
     ssum: dict = {}
     for conc in (1, 16):
         for name in names:
@@ -55,8 +55,41 @@ def summarize(runs: list[dict], stream_runs: list[dict], names: list[str], concs
     return summary, ssum
 
 
-def systems_table(summary: dict, ssum: dict, names: list[str], concs: list[int], meta: dict) -> list[dict]:
-    """One row per system: top-concurrency req/s and share, CPU/request, added latency at c=1, errors."""
+def paired_added(paired_runs: list[dict]) -> dict[str, dict]:
+    """Per system of the paired c=1 runs (bench/paired.py): p50 and p99 minus direct's of the
+    same round, their medians over rounds, every round's p99, and the errors."""
+    by_round: dict[int, dict[str, dict]] = {}
+    for r in paired_runs:
+        by_round.setdefault(r["round"], {})[r["target"]] = r
+    out: dict[str, dict] = {}
+    for rows in by_round.values():
+        d = rows.get("direct")
+        for name, r in rows.items():
+            o = out.setdefault(name, {"p50": [], "p99": [], "errors": 0})
+            o["errors"] += r["errors"]
+            if name != "direct" and d and None not in (r["p99_ms"], d["p99_ms"]):
+                o["p50"].append(r["p50_ms"] - d["p50_ms"])
+                o["p99"].append(r["p99_ms"] - d["p99_ms"])
+    return {
+        name: {
+            "added_p50_ms": statistics.median(o["p50"]) if o["p50"] else None,
+            "added_p99_ms": statistics.median(o["p99"]) if o["p99"] else None,
+            "added_p99_rounds": o["p99"],
+            "errors": o["errors"],
+        }
+        for name, o in out.items()
+    }
+
+
+def _spread(values: list) -> str:
+    return "/".join(fmt(v, ".0f") for v in values)
+
+
+def systems_table(
+    summary: dict, ssum: dict, names: list[str], concs: list[int], meta: dict, paired: dict
+) -> list[dict]:
+    """One row per system: top-concurrency req/s and share, CPU/request, added latency at c=1
+    (wrk, and paired where measured), errors."""
     top_c = max(concs)
     d = summary[f"direct/c{top_c}"]["rps"]
     rows = []
@@ -70,9 +103,13 @@ def systems_table(summary: dict, ssum: dict, names: list[str], concs: list[int],
             "rps": s["rps"],
             "share": s["rps"] / d if d else None,
             "cpu_us_per_req": s["cpu_us_per_req"],
-            "errors": sum(summary[f"{name}/c{c}"]["errors"] for c in concs),
+            "errors": sum(summary[f"{name}/c{c}"]["errors"] for c in concs) + paired.get(name, {}).get("errors", 0),
             "stream_errors": sum(ssum[f"{name}/c{c}"]["errors"] for c in (1, 16)),
         }
+        if name in paired and name != "direct":
+            row["paired_added_p50_c1_ms"] = paired[name]["added_p50_ms"]
+            row["paired_added_p99_c1_ms"] = paired[name]["added_p99_ms"]
+            row["paired_added_p99_c1_rounds"] = paired[name]["added_p99_rounds"]
         if 1 in concs and name != "direct":
             one, base = summary[f"{name}/c1"], summary["direct/c1"]
             row["added_p50_c1_ms"] = one["p50_ms"] - base["p50_ms"]
@@ -122,24 +159,42 @@ def evaluate(args, summary: dict, ssum: dict, table: list[dict], concs: list[int
         check("gateway CPU/request <= the best Rust router's", None, None, left)
     else:
         best = min(rust, key=lambda r: r["cpu_us_per_req"])
+
+        def rounds(name: str) -> str:
+            return _spread(summary[f"{name}/c{top_c}"]["cpu_rounds"])
+
         check(
             f"gateway CPU/request <= the best Rust router's (c={top_c})",
             cpu / best["cpu_us_per_req"],
             cpu <= best["cpu_us_per_req"],
             f"{cpu:.0f} vs {best['system']} {best['cpu_us_per_req']:.0f} us = {cpu / best['cpu_us_per_req']:.2f}x"
-            + "".join(f"; {r['system']} {r['cpu_us_per_req']:.0f}" for r in rust if r is not best),
+            + "".join(f"; {r['system']} {r['cpu_us_per_req']:.0f}" for r in rust if r is not best)
+            + f" (rounds: ours {rounds('gateway')}; "
+            + "; ".join(f"{r['system']} {rounds(r['system'])}" for r in rust)
+            + ")",
         )
-    if not rust or 1 not in concs:
-        check("gateway added p99 at c=1 <= the best Rust router's", None, None, left if not rust else "no c=1 run")
+    # At c=1 the paired run (request by request, the same seconds for every system) decides;
+    # without it (--paired-seconds 0), wrk's one-system-at-a-time runs.
+    key = "paired_added_p99_c1_ms" if "paired_added_p99_c1_ms" in rows.get("gateway", {}) else "added_p99_c1_ms"
+    how = "paired" if key.startswith("paired") else "wrk"
+    rust_p99 = [r for r in rust if r.get(key) is not None]
+    if not rust_p99:
+        why = left if not rust else "no c=1 run"
+        check("gateway added p99 at c=1 <= the best Rust router's", None, None, why)
     else:
-        ours = rows["gateway"]["added_p99_c1_ms"]
-        best = min(rust, key=lambda r: r["added_p99_c1_ms"])
+        ours = rows["gateway"][key]
+        best = min(rust_p99, key=lambda r: r[key])
+
+        def each(r: dict) -> str:
+            per = r.get("paired_added_p99_c1_rounds") if how == "paired" else None
+            return f" ({'/'.join(f'{v:+.2f}' for v in per)})" if per else ""
+
         check(
-            "gateway added p99 at c=1 <= the best Rust router's",
-            ours - best["added_p99_c1_ms"],
-            ours <= best["added_p99_c1_ms"],
-            f"{ours:+.2f} vs {best['system']} {best['added_p99_c1_ms']:+.2f} ms"
-            + "".join(f"; {r['system']} {r['added_p99_c1_ms']:+.2f}" for r in rust if r is not best),
+            f"gateway added p99 at c=1 <= the best Rust router's ({how})",
+            ours - best[key],
+            ours <= best[key],
+            f"{ours:+.2f}{each(rows['gateway'])} vs {best['system']} {best[key]:+.2f}{each(best)} ms"
+            + "".join(f"; {r['system']} {r[key]:+.2f}{each(r)}" for r in rust_p99 if r is not best),
         )
     slow = [r for r in table if r["kind"] in ("python", "node")]
     name = f"gateway req/s >= {TARGET_VS_SLOW:.0f}x the best Python/Node gateway's at c={top_c}"
@@ -248,14 +303,16 @@ def report(args, summary: dict, ssum: dict, table: list[dict], names: list[str],
     )
     print(
         f"  {'system':{w}} {'version':>8} {f'c={top_c} req/s':>11} {'share':>6} {'CPU us/req':>10} "
-        f"{'added p50 c=1 ms':>16} {'added p99 c=1 ms':>16} {'errors':>6}"
+        f"{'added p50/p99 c=1 ms, wrk':>26} {'paired':>13} {'errors':>6}"
     )
     for r in table:
+        wrk_c1 = f"{fmt(r.get('added_p50_c1_ms'), '+.2f')} / {fmt(r.get('added_p99_c1_ms'), '+.2f')}"
+        pair = f"{fmt(r.get('paired_added_p50_c1_ms'), '+.2f')} / {fmt(r.get('paired_added_p99_c1_ms'), '+.2f')}"
         print(
             f"  {r['system']:{w}} {r['version'] or '-':>8} {r['rps']:11.0f} {fmt(r['share'], '.2f'):>6} "
-            f"{fmt(r['cpu_us_per_req'], '.0f'):>10} {fmt(r.get('added_p50_c1_ms'), '+.2f'):>16} "
-            f"{fmt(r.get('added_p99_c1_ms'), '+.2f'):>16} {r['errors']:6d}"
+            f"{fmt(r['cpu_us_per_req'], '.0f'):>10} {wrk_c1:>26} {pair:>13} {r['errors']:6d}"
         )
+    print("  (paired: c=1 request by request across direct, ours and the Rust routers, bench/paired.py)")
     if failing := [r for r in table if r["errors"] or r["stream_errors"]]:
         print(
             "  NOTE errors (non-2xx or socket; their logs: --keep-logs): "

@@ -9,15 +9,13 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from stubproc import STUB, running_stub
 
-STUB = Path(__file__).resolve().parent.parent / "stub_upstream.py"
 CACHE = Path(os.environ.get("CITADEL_CACHE", STUB.parent.parent / ".cache"))
 BENCH_PY = CACHE / "bench-venv/bin/python"
 INTERVAL_MS = 20.0
@@ -31,25 +29,9 @@ def stub(request):
         python = str(BENCH_PY)
         if not BENCH_PY.exists():
             pytest.fail(f"{BENCH_PY} missing: run loadtests/bench/venv.sh (make setup does)")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [python, str(STUB), "--port", str(port), "--model", "m1", "--model", "m2", "--server", request.param]
-    cmd += ["--chunks", str(CHUNKS), "--chunk-interval-ms", str(INTERVAL_MS)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    else:
-        proc.kill()
-        pytest.fail(f"stub did not listen: {proc.stdout.read()!r}")
-    yield port
-    proc.terminate()
-    proc.wait(5)
+    extra = ("--chunks", str(CHUNKS), "--chunk-interval-ms", str(INTERVAL_MS))
+    with running_stub(python, request.param, ["m1", "m2"], *extra) as port:
+        yield port
 
 
 def request(port, method, path, body=None, headers=None):

@@ -103,14 +103,16 @@ class Relay:
             )
         up = req.upstream_s = time.perf_counter() - self.t_up
         status = resp.status
-        if status < 500:
-            self.r.breaker.success()
-        else:
-            self.r.breaker.failure()
+        req.started = True
+        try:
+            await self.out.whole(status, self.headers(), data)
+        finally:  # the bookkeeping once the answer is on its way: it is not the client's wait
+            if status < 500:
+                self.r.breaker.success()
+            else:
+                self.r.breaker.failure()
         if status == 200:
             self._count(data, up)
-        req.started = True
-        await self.out.whole(status, self.headers(), data)
         return status
 
     def _count(self, data: bytes, seconds: float) -> None:

@@ -18,6 +18,9 @@ from .sweeper import _BODY, _CLOSED, _DEFAULT_SERVER, _DONE, _HEAD, _LINGER, _Sw
 log = logging.getLogger("citadel_gateway")
 
 _HOT_URLS = {p.encode(): p for p in HOT}  # the parser gives the URL as bytes
+# Python 3.12+ can start a task eagerly: the request runs up to its upstream write inside this
+# callback instead of one loop pass later (~10 us less per request at concurrency 1).
+_EAGER = getattr(asyncio, "eager_task_factory", None)
 
 
 class _Stop(Exception):
@@ -281,7 +284,8 @@ class GatewayHttpProtocol(RefusalMixin, HttpToolsProtocol):
 
     def _start_hot(self, cycle: HotCycle) -> None:
         cycle.started = True
-        task = self.loop.create_task(self._serve_hot(cycle))
+        coro = self._serve_hot(cycle)
+        task = _EAGER(self.loop, coro) if _EAGER is not None else self.loop.create_task(coro)
         task.add_done_callback(self.tasks.discard)
         self.tasks.add(task)  # uvicorn's shutdown waits for these: in-flight requests drain
 
