@@ -3,15 +3,16 @@
 wrk measures one system for a few seconds, then the next: on a VM whose speed drifts by tens of
 percent within a minute, two systems' p99s then come from different machines, and direct's own
 p99 moved by 2-3x between rounds in the runs that set this up. Here one client holds one
-keep-alive connection per system and sends one request to each in turn (the starting system
-rotating every cycle), so every system's samples come from the same seconds and the drift hits
-all alike. Same request as wrk's (BODY), answers checked (200, whole body read), bounded in
-time and count, 127.0.0.1 only.
+keep-alive connection per system and sends one request to each in turn, in a new random order
+every cycle (so no system always follows the same one), so every system's samples come from the
+same seconds and the drift hits all alike. Same request as wrk's (``body``), answers checked
+(200, whole body read), bounded in time and count, 127.0.0.1 only.
 """
 
 from __future__ import annotations
 
 import gc
+import random
 import socket
 import time
 from dataclasses import dataclass, field
@@ -113,14 +114,16 @@ def run(systems: list[tuple[str, str, dict]], key: str, model: str, seconds: flo
     for s in todo:
         for _ in range(200):
             s.one(record=False)
-    n = len(todo)
+    order = list(todo)
+    shuffle = random.Random(len(todo)).shuffle  # seeded: a run can be repeated
     gc.disable()  # the client's own collections would land in someone's samples
     try:
         end = time.monotonic() + seconds
         cycle = 0
         while cycle < max_cycles and time.monotonic() < end:
-            for i in range(n):
-                todo[(cycle + i) % n].one(record=True)
+            shuffle(order)
+            for s in order:
+                s.one(record=True)
             cycle += 1
     finally:
         gc.enable()
