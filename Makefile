@@ -72,7 +72,7 @@ test: setup lint unit molecule ## Everything CI checks
 load: ## Locust against the gateway with the catalog's SLO gates (HOST=, INVENTORY=, ARGS=); reports in reports/load/<time>/
 	@HOST='$(HOST)' INVENTORY='$(INVENTORY)' loadtests/run.sh $(ARGS)
 
-bench-gateway: ## Gateway vs direct, vllm-router, sglang-router, Portkey, LiteLLM (pinned) on a stub upstream (wrk, ~8 min; exit 1 if a target fails)
+bench-gateway: ## Gateway vs direct, vllm-router, sglang-router, Portkey, LiteLLM (pinned) on a stub upstream (wrk, ~8.5 min; exit 1 if a target fails)
 	@files/gateway/scripts/venv.sh 3.12
 	@loadtests/bench/venv.sh
 	@loadtests/install-litellm.sh

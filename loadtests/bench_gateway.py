@@ -229,22 +229,21 @@ def find_gateway(explicit: str | None) -> str | None:
     return None
 
 
-def pkg_version(bindir: Path, dist: str) -> str:
-    py = bindir / "python"
-    code = f"import importlib.metadata as m; print(m.version({dist!r}))"
+def _venv_says(bindir: Path, code: str) -> str:
+    """What the venv's Python prints for ``code`` ("?" if it cannot tell)."""
     try:
-        out = subprocess.run([str(py), "-c", code], capture_output=True, text=True, timeout=30)
+        out = subprocess.run([str(bindir / "python"), "-c", code], capture_output=True, text=True, timeout=30)
         return out.stdout.strip() or "?"
     except OSError:
         return "?"
 
 
+def pkg_version(bindir: Path, dist: str) -> str:
+    return _venv_says(bindir, f"import importlib.metadata as m; print(m.version({dist!r}))")
+
+
 def python_version(bindir: Path) -> str:
-    try:
-        out = subprocess.run([str(bindir / "python"), "-V"], capture_output=True, text=True, timeout=30)
-        return out.stdout.split()[-1] if out.stdout else "?"
-    except OSError:
-        return "?"
+    return _venv_says(bindir, "import platform; print(platform.python_version())")
 
 
 def start_stub(args, logdir: Path) -> tuple[Service, str]:

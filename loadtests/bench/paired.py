@@ -93,9 +93,8 @@ class _System:
         def q(p: float) -> float | None:
             return s[min(len(s) - 1, int(p / 100 * len(s)))] / 1e6 if s else None
 
-        return {"requests": len(s), "errors": self.errors, "p50_ms": q(50), "p90_ms": q(90), "p99_ms": q(99)} | {
-            "p999_ms": q(99.9)
-        }
+        quantiles = {f"p{str(p).replace('.', '')}_ms": q(p) for p in (50, 90, 99, 99.9)}
+        return {"requests": len(s), "errors": self.errors, **quantiles}
 
 
 def run(systems: list[tuple[str, str, dict]], key: str, model: str, seconds: float, max_cycles: int = 200_000):
