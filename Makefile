@@ -14,7 +14,7 @@ export ANSIBLE_FORCE_COLOR := 0
 export PY_COLORS := 0
 export NO_COLOR := 1
 
-.PHONY: help setup lab lab-down test test-fast lint unit molecule bench-gateway load
+.PHONY: help setup lab lab-down test test-fast lint unit unit-repository unit-gateway-3.11 unit-gateway-3.12 molecule bench-gateway load
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -57,9 +57,19 @@ lint: ## yamllint, ansible-lint (production profile), ruff
 	ruff check .
 	ruff format --check .
 
-unit: ## Tests that need no lab host: repository (inventories, syntax, preflight, rules) and the gateway package
+unit: ## Tests that need no lab host: repository (inventories, syntax, preflight, rules) and the gateway package on 3.11 and 3.12, side by side
+	@# The three suites mostly wait on subprocesses (ansible-playbook, gateways,
+	@# stubs): run together they take the time of the longest. Each one's output
+	@# is printed whole when it ends.
+	@$(MAKE) --no-print-directory -j3 --output-sync=target unit-repository unit-gateway-3.11 unit-gateway-3.12
+
+unit-repository:
 	pytest tests loadtests/bench
+
+unit-gateway-3.11:
 	$(CURDIR)/.cache/gateway-venv/bin/pytest files/gateway/tests
+
+unit-gateway-3.12:
 	$(CURDIR)/.cache/gateway-venv-3.12/bin/pytest files/gateway/tests
 
 molecule: ## Every Molecule scenario: create, converge, idempotence, verify, destroy
