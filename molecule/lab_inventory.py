@@ -5,9 +5,11 @@ is the only list of lab hosts; tests ask it instead of repeating host names.
 """
 
 import functools
+import hashlib
 import json
 import os
 import subprocess
+from pathlib import Path
 
 
 @functools.cache
@@ -63,3 +65,11 @@ def published_port(name: str, port: int) -> int:
         if int(inside) == port:
             return int(outside)
     raise LookupError(f"{name} publishes no port {port} (lab_publish in inventory/lab/hosts.yml)")
+
+
+def model_api_key(model: str) -> str:
+    """The API key model `model`'s vLLM servers require: sha256 of "<seed>:<model>", the seed
+    lab/keygen.sh wrote into the cache (as inventory/lab/group_vars/lab/model_keys.yml derives it)."""
+    cache = Path(os.environ.get("CITADEL_CACHE") or Path(__file__).resolve().parent.parent / ".cache")
+    seed = (cache / "lab-model-key-seed").read_text().strip()
+    return hashlib.sha256(f"{seed}:{model}".encode()).hexdigest()

@@ -102,3 +102,21 @@ def test_a_missing_parent_or_a_directory_in_the_way_is_a_clear_error(apply, tmp_
     in_the_way = apply({"files": [{"dest": str(tmp_path / "dir.conf"), "content": "z\n"}]})
     assert in_the_way["failed"]
     assert "is not a regular file" in in_the_way["msg"]
+
+
+def test_an_exclusive_directory_loses_the_files_no_entry_names(apply, tmp_path):
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    (keys / "gone-model").write_text("old key\n")
+    (keys / "kept-model").write_text("key\n")
+    (keys / "subdir").mkdir()
+    args = {
+        "directories": [{"path": str(keys), "exclusive": True}],
+        "files": [{"dest": str(keys / "kept-model"), "content": "key\n"}],
+    }
+    predicted = apply(args, "--check")
+    assert predicted["changed_paths"] == [str(keys / "gone-model")]
+    assert (keys / "gone-model").exists()
+    assert apply(args)["changed_paths"] == [str(keys / "gone-model")]
+    assert sorted(p.name for p in keys.iterdir()) == ["kept-model", "subdir"]
+    assert apply(args)["changed_paths"] == []

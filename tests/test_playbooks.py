@@ -193,3 +193,21 @@ def test_gateway_preflight_rejects_bad_catalog_gateway_settings(ansible, route):
     assert out.returncode != 0
     assert "model chat-a: gateway:" in text
     assert "allowed keys are fallbacks, timeout_s" in text
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [
+        {"chat-a": "preflight-model-key-chat-a-0123456789abcdef"},  # chat-b has none
+        {"chat-a": "preflight-model-key-chat-a-0123456789abcdef", "chat-b": "too-short"},
+        {"chat-a": "preflight-model-key-chat-a-0123456789abcdef", "chat-b": "has a space in it 0123456789abcdef"},
+    ],
+)
+def test_preflight_names_the_models_without_an_api_key_never_a_key(ansible, keys):
+    out = _preflight(ansible, "-e", json.dumps({"citadel_model_api_keys": keys}))
+    assert out.returncode != 0
+    text = out.stdout + out.stderr
+    assert "for: chat-b." in text  # the vllm role's check names the model ...
+    assert "vault_citadel_model_api_keys" in text  # ... and the fix
+    for key in keys.values():
+        assert key not in text

@@ -54,8 +54,11 @@ def request(port: int, method: str, path: str, body=None, headers=None, timeout:
 
 
 class Stub:
-    def __init__(self, models: list[str], port: int | None = None, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, models: list[str], port: int | None = None, host: str = "127.0.0.1", api_key: str | None = None
+    ) -> None:
         self.models = models
+        self.api_key = api_key
         self.host = host  # any 127.x address: replicas on distinct hosts of one machine
         self.port = port or free_port(host)
         self.proc: subprocess.Popen | None = None
@@ -69,6 +72,8 @@ class Stub:
         args = [sys.executable, str(HERE / "stub_upstream.py"), "--host", self.host, "--port", str(self.port)]
         for m in self.models:
             args += ["--model", m]
+        if self.api_key:
+            args += ["--api-key", self.api_key]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port(self.port, self.proc, host=self.host)
 
@@ -225,8 +230,8 @@ def cl(shared_cluster):
 def stubs():
     made: list[Stub] = []
 
-    def make(models, port=None, host="127.0.0.1") -> Stub:
-        s = Stub(models, port, host)
+    def make(models, port=None, host="127.0.0.1", api_key=None) -> Stub:
+        s = Stub(models, port, host, api_key)
         made.append(s)
         return s
 

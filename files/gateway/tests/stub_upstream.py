@@ -8,6 +8,8 @@ break_after: reset the stream after N events; stall_after: send N events, then n
 connection stays open); first_delay: seconds between a stream's head and its first event;
 close: read a POST and close the connection without answering; hold_after: send N events, then
 wait until a control sets it to null, then send the rest (a stream the test ends when it wants).
+--api-key KEY: /v1/* answers 401 without "Authorization: Bearer KEY" (vLLM's --api-key); every
+Authorization a /v1/ request carried is in /_stats.
 """
 
 from __future__ import annotations
@@ -40,8 +42,9 @@ DEFAULTS = {
     "hold_after": None,
 }
 STATE: dict = {}
-STATS = {"posts": 0, "by_path": {}, "request_ids": []}
+STATS = {"posts": 0, "by_path": {}, "request_ids": [], "authorizations": []}
 MODELS: list[str] = []
+API_KEY: list[bytes] = []  # --api-key: /v1/* wants "Authorization: Bearer KEY", as vLLM's --api-key
 
 
 def _resp(status: int, body: bytes, ctype: bytes = b"application/json", keep: bool = True) -> bytes:
@@ -107,6 +110,13 @@ class Handler(asyncio.Protocol):
         method = self.p.get_method()
         path = self.url.decode()
         body = b"".join(self.body)
+        if path.startswith("/v1/"):
+            auth = self.headers.get(b"authorization")
+            if auth is not None and len(STATS["authorizations"]) < 1000:
+                STATS["authorizations"].append(auth.decode())
+            if API_KEY and auth != b"Bearer " + API_KEY[0]:
+                self.t.write(_resp(401, b'{"error":"Unauthorized"}'))  # what vLLM answers
+                return
         if method == b"POST" and path.startswith("/v1/"):
             asyncio.get_running_loop().create_task(self.serve(path, body))
             return
@@ -130,7 +140,7 @@ class Handler(asyncio.Protocol):
         if path == "/_stats":
             return _resp(200, json.dumps(STATS).encode())
         if path == "/_reset_stats" and method == b"POST":
-            STATS.update({"posts": 0, "by_path": {}, "request_ids": []})
+            STATS.update({"posts": 0, "by_path": {}, "request_ids": [], "authorizations": []})
             return _resp(200, b"{}")
         return _resp(404, b'{"error":{"message":"not found"}}')
 
@@ -240,8 +250,11 @@ def main() -> None:
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--model", action="append", default=[])
+    ap.add_argument("--api-key", help="require it on /v1/* (as vLLM's --api-key); /health stays open")
     a = ap.parse_args()
     MODELS.extend(a.model or ["stub"])
+    if a.api_key:
+        API_KEY.append(a.api_key.encode())
     STATE.update(DEFAULTS)
     if uvloop is not None:
         uvloop.install()

@@ -15,17 +15,41 @@ def _models(host) -> list[dict]:
     return lab_inventory.models_on(host.backend.get_hostname())
 
 
-def http(host, path: str, port: int, body: dict | None = None, timeout: int = 120) -> dict:
-    """An HTTP request made inside the lab host (its loopback), JSON in and out."""
-    script = (
-        "import json,sys,urllib.request as u;"
-        "d=sys.argv[3].encode() if sys.argv[3] else None;"
-        "r=u.Request('http://127.0.0.1:'+sys.argv[1]+sys.argv[2],data=d,headers={'Content-Type':'application/json'});"
-        f"print(u.urlopen(r,timeout={timeout}).read().decode())"
+# An HTTP request made inside a lab host: argv port, path, JSON body ('' for a GET), key ('' for
+# none); prints the status, a space, the body. The key goes through argv: the lab's own host.
+_REQUEST = (
+    "import sys,urllib.request as u,urllib.error as e;"
+    "d=sys.argv[3].encode() if sys.argv[3] else None;"
+    "h={'Content-Type':'application/json'};"
+    "h.update({'Authorization':'Bearer '+sys.argv[4]} if sys.argv[4] else {});"
+    "r=u.Request('http://'+sys.argv[5]+':'+sys.argv[1]+sys.argv[2],data=d,headers=h)\n"
+    "try: x=u.urlopen(r,timeout=float(sys.argv[6])); print(x.status, x.read().decode())\n"
+    "except e.HTTPError as x: print(x.code, x.read().decode())"
+)
+
+
+def raw_http(host, path: str, port: int, body: dict | None, key: str, address: str = "127.0.0.1", timeout=120):
+    """(status, body text) of a request from inside lab host ``host`` to ``address``:``port``."""
+    cmd = host.run(
+        "python3 -c %s %s %s %s %s %s %s",
+        _REQUEST,
+        str(port),
+        path,
+        json.dumps(body) if body else "",
+        key,
+        address,
+        str(timeout),
     )
-    cmd = host.run("python3 -c %s %s %s %s", script, str(port), path, json.dumps(body) if body else "")
     assert cmd.rc == 0, cmd.stderr
-    return json.loads(cmd.stdout)
+    status, _, text = cmd.stdout.partition(" ")
+    return int(status), text
+
+
+def http(host, path: str, port: int, model: str, body: dict | None = None) -> dict:
+    """A request to ``model``'s server on the host's loopback, with the model's key; JSON out."""
+    status, text = raw_http(host, path, port, body, lab_inventory.model_api_key(model))
+    assert status == 200, text
+    return json.loads(text)
 
 
 def test_catalog_places_replicas_as_declared():
@@ -134,7 +158,7 @@ def test_ports_listen(host):
 
 def test_models_endpoint_lists_each_model(host):
     for model in _models(host):
-        listed = [m["id"] for m in http(host, "/v1/models", model["port"])["data"]]
+        listed = [m["id"] for m in http(host, "/v1/models", model["port"], model["name"])["data"]]
         assert listed == [model["name"]]
 
 
@@ -143,6 +167,7 @@ def test_smollm2_chat_completion_returns_text(host):
         host,
         "/v1/chat/completions",
         11403,
+        "smollm2-135m",
         {
             "model": "smollm2-135m",
             "messages": [{"role": "user", "content": "What is the capital of France?"}],
@@ -158,9 +183,35 @@ def test_smollm2_chat_completion_returns_text(host):
 def test_minilm_embeddings_are_384_dimensional():
     (embedding_host,) = lab_inventory.hosts("embedding_servers")
     host = testinfra.get_host(embedding_host)
-    reply = http(host, "/v1/embeddings", 11404, {"model": "all-minilm-l6-v2", "input": ["hello world", "bonjour"]})
+    body = {"model": "all-minilm-l6-v2", "input": ["hello world", "bonjour"]}
+    reply = http(host, "/v1/embeddings", 11404, "all-minilm-l6-v2", body)
     vectors = [item["embedding"] for item in reply["data"]]
     assert len(vectors) == 2
     assert all(len(v) == 384 for v in vectors)
     norm = sum(x * x for x in vectors[0]) ** 0.5
     assert abs(norm - 1.0) < 1e-3  # L2-normalised, as sentence-transformers gives
+
+
+def test_a_model_server_refuses_requests_without_its_key():
+    """From the monitoring host (neither gateway nor model host): no key, a wrong key and another
+    model's key are all 401 on /v1/*, the model's own key is served; /metrics stays open for
+    Prometheus."""
+    (monitor,) = lab_inventory.names("monitoring")
+    probe = testinfra.get_host(f"podman://{monitor}")
+    for host, model in REPLICAS:
+        address = lab_inventory.hostvars(host)["lab_ip"]  # what the gateways and Prometheus dial
+        path = "/v1/embeddings" if "embedding" in model["capabilities"] else "/v1/completions"
+        body = (
+            {"model": model["name"], "input": "hi"}
+            if "embedding" in model["capabilities"]
+            else {"model": model["name"], "prompt": "hi", "max_tokens": 1}
+        )
+        others = [m["name"] for _, m in REPLICAS if m["name"] != model["name"]]
+        for key in ("", "not-the-key", lab_inventory.model_api_key(others[0])):
+            status, text = raw_http(probe, path, model["port"], body, key, address, timeout=30)
+            assert status == 401, (host, model["name"], key[:4], text)
+        status, text = raw_http(probe, path, model["port"], body, lab_inventory.model_api_key(model["name"]), address)
+        assert status == 200, text
+        status, text = raw_http(probe, "/metrics", model["port"], None, "", address, timeout=30)
+        assert status == 200
+        assert "vllm:" in text

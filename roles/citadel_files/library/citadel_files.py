@@ -24,7 +24,10 @@ description:
   - Owner, group and mode are enforced like M(ansible.builtin.file).
 options:
   directories:
-    description: Directories to ensure, each C(path) with optional C(owner), C(group), C(mode).
+    description:
+      - Directories to ensure, each C(path) with optional C(owner), C(group), C(mode).
+      - With C(exclusive=true), files in the directory that no O(files) entry names are removed
+        (e.g. the key of a model no longer in the catalog).
     type: list
     elements: dict
     default: []
@@ -99,6 +102,23 @@ def _ensure_file(module, entry, diffs):
     return changed
 
 
+def _remove_unlisted(module, entry, listed, diffs):
+    """Files directly in an exclusive directory that no entry names are removed."""
+    path = entry["path"]
+    if not os.path.isdir(path):
+        return []
+    removed = []
+    for name in sorted(os.listdir(path)):
+        stray = os.path.join(path, name)
+        if stray in listed or os.path.isdir(stray) and not os.path.islink(stray):
+            continue
+        diffs.append({"before_header": stray, "after_header": stray, "before": "present\n", "after": "absent\n"})
+        if not module.check_mode:
+            os.unlink(stray)
+        removed.append(stray)
+    return removed
+
+
 def main():
     module = AnsibleModule(
         argument_spec={
@@ -106,7 +126,11 @@ def main():
                 "type": "list",
                 "elements": "dict",
                 "default": [],
-                "options": {"path": {"type": "path", "required": True}, **_ENTRY},
+                "options": {
+                    "path": {"type": "path", "required": True},
+                    "exclusive": {"type": "bool", "default": False},
+                    **_ENTRY,
+                },
             },
             "files": {
                 "type": "list",
@@ -130,6 +154,10 @@ def main():
     for entry in module.params["files"]:
         if _ensure_file(module, entry, diffs):
             changed_paths.append(entry["dest"])
+    listed = {entry["dest"] for entry in module.params["files"]}
+    for entry in module.params["directories"]:
+        if entry["exclusive"]:
+            changed_paths += _remove_unlisted(module, entry, listed, diffs)
     module.exit_json(changed=bool(changed_paths), changed_paths=changed_paths, diff=diffs)
 
 

@@ -18,7 +18,19 @@ log = logging.getLogger("citadel_gateway.routing")
 
 
 class Replica:
-    __slots__ = ("url", "host", "port", "label", "outstanding", "healthy", "reason", "breaker", "model", "draining")
+    __slots__ = (
+        "url",
+        "host",
+        "port",
+        "label",
+        "outstanding",
+        "healthy",
+        "reason",
+        "breaker",
+        "model",
+        "draining",
+        "auth",
+    )
 
     def __init__(self, url: str, model: str, breaker: CircuitBreaker) -> None:
         u = urlsplit(url)
@@ -32,6 +44,7 @@ class Replica:
         self.reason: str | None = None
         self.breaker = breaker
         self.draining = False  # set by the admin API: no new requests, in-flight ones finish
+        self.auth = b""  # the upstream key's header line (the model's), set by the Router on every (re)load
 
     def available(self) -> bool:
         return self.healthy and self.breaker.available()
@@ -151,6 +164,7 @@ class Router:
                 else:  # keep live health/outstanding/draining across a reload; take the new breaker settings
                     r.breaker.failures = cfg.circuit.failures
                     r.breaker.cooldown = cfg.circuit.cooldown_s
+                r.auth = b"Authorization: Bearer %s\r\n" % mc.upstream_key.encode() if mc.upstream_key else b""
                 reps.append(r)
             m = Model(mc, reps, cfg.upstream)
             if previous is not None and (pm := previous.table.get(mc.name)) is not None:

@@ -14,6 +14,7 @@ from . import selection
 from .errors import Denied
 from .metrics import inc
 from .relay import Relay
+from .retry import KEY_REFUSED
 from .upstream import Refused, UpstreamError, UpstreamTimeout
 
 _RETRY_5 = ((b"retry-after", b"5"),)
@@ -53,7 +54,7 @@ class Forward:
             )
             if len(_STARTS) < 4096:  # paths x replica labels: small, but reloads may add labels
                 _STARTS[(req.path, r.label)] = start
-        return b"%s%d\r\nX-Request-Id: %s\r\n\r\n" % (start, len(self.body), rid)
+        return b"%s%d\r\nX-Request-Id: %s\r\n%s\r\n" % (start, len(self.body), rid, r.auth)
 
     def _switch(self, model) -> None:
         self.obj["model"] = model.name
@@ -118,6 +119,10 @@ class Forward:
                     req.upstream_s = time.perf_counter() - t_up
                     what = "sent no first byte" if stream else "timed out"
                     return Denied(504, f"upstream {model.name} {what}", "upstream_timeout", "")
+            elif resp.status in KEY_REFUSED:
+                resp.close()
+                r.breaker.failure()
+                err = UpstreamError(f"refused the gateway's upstream key ({resp.status})")
             elif policy.retry_status(resp.status, req.attempts):
                 resp.close()
                 r.breaker.failure()

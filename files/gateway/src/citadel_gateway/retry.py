@@ -2,8 +2,8 @@
 
 Every send to a replica is an attempt (``retry.attempts`` bounds them, pool reconnects included).
 Only failures before anything reached the client are retried: transport errors (refused, reset,
-closed before an answer) and upstream 500/502/503 (vLLM answers 500 when its engine dies under a
-request, 502/503 when busy or starting). Inference has no side effects, so a request that may
+closed before an answer), upstream 500/502/503 (vLLM answers 500 when its engine dies under a
+request, 502/503 when busy or starting) and upstream 401/403 (the replica refused the gateway's key). Inference has no side effects, so a request that may
 have reached a replica can be sent to another one.
 """
 
@@ -14,6 +14,10 @@ import random
 from . import config as C
 
 RETRY_STATUSES = frozenset((500, 502, 503))
+# The upstream refused the gateway's own key (the client's is never sent): never the client's
+# fault, so never relayed as its 401; another replica may still hold the key (a rotation in
+# progress), so it is retried like a 5xx and, when none takes it, answered 502.
+KEY_REFUSED = frozenset((401, 403))
 
 
 class RetryPolicy:

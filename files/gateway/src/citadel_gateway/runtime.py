@@ -102,9 +102,13 @@ class Runtime:
         loop = asyncio.get_running_loop()
         body = body or b""
         head = (
-            f"{method} {path} HTTP/1.1\r\nHost: {replica.label}\r\nUser-Agent: citadel-gateway-health\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-        ).encode()
+            (
+                f"{method} {path} HTTP/1.1\r\nHost: {replica.label}\r\nUser-Agent: citadel-gateway-health\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+            ).encode()
+            + replica.auth
+            + b"\r\n"
+        )
         resp = await self.pool.request(replica.host, replica.port, head, body, loop.time() + timeout)
         try:
             data = await resp.read(self.state.cfg.upstream.max_response_bytes)

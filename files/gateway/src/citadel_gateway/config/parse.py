@@ -121,6 +121,7 @@ _MODEL_KEYS = (
     "max_waiting",
     "fallbacks",
     "replicas",
+    "upstream_api_key_file",
 )
 
 
@@ -169,6 +170,7 @@ def _model(path: str, raw: Any) -> Model:
             _str(f"{path}.fallbacks[{i}]", f)
             for i, f in enumerate(_list(f"{path}.fallbacks", m.get("fallbacks", []) or []))
         ),
+        upstream_key=_password_file(f"{path}.upstream_api_key_file", m.get("upstream_api_key_file")),
         **opt,
     )
 

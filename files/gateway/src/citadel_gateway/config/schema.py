@@ -122,6 +122,9 @@ class Model:
     max_inflight: int | None = None
     max_waiting: int | None = None
     fallbacks: tuple[str, ...] = ()
+    # Read from upstream_api_key_file: the key the model's vLLM servers require (its --api-key),
+    # sent upstream as "Authorization: Bearer" on every attempt and health probe, never logged.
+    upstream_key: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
