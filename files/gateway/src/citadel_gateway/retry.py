@@ -3,7 +3,8 @@
 Every send to a replica is an attempt (``retry.attempts`` bounds them, pool reconnects included).
 Only failures before anything reached the client are retried: transport errors (refused, reset,
 closed before an answer), upstream 500/502/503 (vLLM answers 500 when its engine dies under a
-request, 502/503 when busy or starting) and upstream 401/403 (the replica refused the gateway's key). Inference has no side effects, so a request that may
+request, 502/503 when busy or starting) and upstream 401/403 (the replica refused the gateway's
+key). Inference has no side effects, so a request that may
 have reached a replica can be sent to another one.
 """
 
