@@ -1,9 +1,11 @@
 """The model catalog and its replicas, read from an Ansible inventory.
 
-Never a copy of group_vars: `ansible-inventory --list` resolves the catalog
-exactly as a playbook run would (group_vars/all/models.yml, or the lab's
-override in inventory/lab/group_vars/lab/models.yml). No Locust imports, so
-the gates and the tests use it without a running load test.
+Never a copy of group_vars nor a parser of its own: the catalog comes from the
+same citadel_catalog filter the roles use (roles/citadel_catalog), evaluated by
+Ansible against the inventory, so every default, check and replica endpoint is
+the one a playbook run would see (group_vars/all/models.yml, or the lab's
+override in inventory/lab/group_vars/lab/models.yml). No Locust imports, so the
+gates and the tests use it without a running load test.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_INVENTORY = REPO / "inventory" / "lab"
+FILTERS = REPO / "roles" / "citadel_catalog" / "filter_plugins"
 
 
 @dataclass(frozen=True)
@@ -47,22 +50,22 @@ def _unwrap(value):
     return value
 
 
-def _ansible_inventory() -> str:
-    found = shutil.which("ansible-inventory")
-    if found:
-        return found
+def _tool(name: str) -> str:
     # Same venv as the running interpreter (Locust from .venv without .venv/bin on PATH).
-    return str(Path(sys.executable).parent / "ansible-inventory")
+    return shutil.which(name) or str(Path(sys.executable).parent / name)
+
+
+def _env() -> dict:
+    return {**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0"}
 
 
 @functools.cache
 def load_inventory(inventory: str | os.PathLike = DEFAULT_INVENTORY) -> dict:
     """`ansible-inventory -i INVENTORY --list`, run from the repository (its ansible.cfg)."""
-    env = {**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0"}
     run = subprocess.run(
-        [_ansible_inventory(), "-i", str(inventory), "--list"],
+        [_tool("ansible-inventory"), "-i", str(inventory), "--list"],
         cwd=REPO,
-        env=env,
+        env=_env(),
         capture_output=True,
         text=True,
         timeout=120,
@@ -88,6 +91,49 @@ def group_hosts(inventory: dict, group: str) -> list[str]:
     return found
 
 
+_EXPRESSION = (
+    "{{ {'models': citadel_models | citadel_catalog(groups, hostvars),"
+    " 'addresses': groups['all'] | citadel_endpoints(0, hostvars) | items2dict('host', 'address')} | to_json }}"
+)
+
+
+@functools.cache
+def _evaluate(inventory: str, extra_vars: str | None) -> dict:
+    """The catalog as the roles see it (`citadel_models | citadel_catalog(groups, hostvars)`) and every
+    host's address, evaluated by Ansible for a gateway host (it routes by that catalog), else the
+    first host. Nothing connects to a host."""
+    inv = load_inventory(str(inventory))
+    hosts = group_hosts(inv, "llm_gateway") + group_hosts(inv, "all")
+    if not hosts:
+        raise RuntimeError(f"the inventory {inventory} has no hosts")
+    args = [_tool("ansible"), "-i", str(inventory), hosts[0], "-m", "ansible.builtin.debug",
+            "-a", f"msg={_EXPRESSION}"]  # fmt: skip
+    if extra_vars:
+        args += ["-e", extra_vars]
+    env = {**_env(), "ANSIBLE_FILTER_PLUGINS": str(FILTERS), "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1",
+           "ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json"}  # fmt: skip
+    run = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    try:
+        # the JSON report, then ansible.cfg's profile_tasks recap
+        report = json.JSONDecoder().raw_decode(run.stdout[run.stdout.index("{") :])[0]
+        result = report["plays"][0]["tasks"][0]["hosts"][hosts[0]]
+    except (ValueError, KeyError, IndexError):
+        raise RuntimeError(f"reading the catalog of {inventory} failed: {(run.stdout + run.stderr)[-2000:]}") from None
+    if result.get("failed"):
+        raise RuntimeError(f"the catalog of {inventory}: {result.get('msg')}")
+    return json.loads(result["msg"])
+
+
+def normalised(inventory: str | os.PathLike = DEFAULT_INVENTORY, extra_vars: str | None = None) -> list[dict]:
+    """The normalised catalog: defaults applied, each replica's host, address, port and endpoint."""
+    return _evaluate(str(inventory), extra_vars)["models"]
+
+
+def addresses(inventory: str | os.PathLike = DEFAULT_INVENTORY) -> dict[str, str]:
+    """Each host's citadel_address: where the other hosts reach it (replicas, exporters, gateways)."""
+    return _evaluate(str(inventory), None)["addresses"]
+
+
 def _published(hostvars: dict, port: int) -> str | None:
     """The controller-side address of a lab container port (lab_publish "ip:hostport:containerport")."""
     for spec in hostvars.get("lab_publish", []) or []:
@@ -99,49 +145,27 @@ def _published(hostvars: dict, port: int) -> str | None:
     return None
 
 
-def replica_url(hostname: str, hostvars: dict, port: int) -> str:
-    """Where a model's vLLM server on `hostname` answers, seen from this machine."""
-    published = _published(hostvars, port)
-    if published:
-        return published
-    # The role binds vllm_listen_address; a literal address is what the gateway uses too.
-    listen = str(hostvars.get("vllm_listen_address", ""))
-    if listen and "{" not in listen and listen not in ("0.0.0.0", "::"):
-        return f"http://{listen}:{port}"
-    return f"http://{hostvars.get('ansible_host', hostname)}:{port}"
+def replica_url(replica: dict, hostvars: dict) -> str:
+    """Where a replica answers, seen from this machine: its endpoint, or the lab's published port."""
+    return _published(hostvars, replica["port"]) or f"http://{replica['endpoint']}"
 
 
-def catalog_hostvars(inventory: dict) -> dict:
-    """Variables of the host whose catalog counts: a gateway host's (it routes by it), else any."""
-    hostvars = inventory.get("_meta", {}).get("hostvars", {})
-    for host in group_hosts(inventory, "llm_gateway") + list(hostvars):
-        if hostvars.get(host, {}).get("citadel_models"):
-            return hostvars[host]
-    raise RuntimeError("no host of the inventory has citadel_models")
-
-
-def models(inventory: dict) -> list[Model]:
+def models(inventory: str | os.PathLike = DEFAULT_INVENTORY, extra_vars: str | None = None) -> list[Model]:
     """The catalog, each model with its latency targets and replica URLs."""
-    hostvars = inventory.get("_meta", {}).get("hostvars", {})
-    out = []
-    for entry in catalog_hostvars(inventory)["citadel_models"]:
-        latency = entry.get("latency_ms") or {}
-        port = int(entry["port"])
-        out.append(
-            Model(
-                name=entry["name"],
-                capabilities=tuple(entry.get("capabilities", [])),
-                group=entry["group"],
-                port=port,
-                avg_ms=float(latency["avg"]) if latency.get("avg") is not None else None,
-                p95_ms=float(latency["p95"]) if latency.get("p95") is not None else None,
-                replicas=tuple(
-                    replica_url(h, hostvars.get(h, {}), port) for h in group_hosts(inventory, entry["group"])
-                ),
-            )
+    hostvars = load_inventory(str(inventory)).get("_meta", {}).get("hostvars", {})
+    return [
+        Model(
+            name=entry["name"],
+            capabilities=tuple(entry["capabilities"]),
+            group=entry["group"],
+            port=int(entry["port"]),
+            avg_ms=float(entry["latency_ms"]["avg"]),
+            p95_ms=float(entry["latency_ms"]["p95"]),
+            replicas=tuple(replica_url(r, hostvars.get(r["host"], {})) for r in entry["replicas"]),
         )
-    return out
+        for entry in normalised(str(inventory), extra_vars)
+    ]
 
 
-def load(inventory: str | os.PathLike = DEFAULT_INVENTORY) -> list[Model]:
-    return models(load_inventory(str(inventory)))
+def load(inventory: str | os.PathLike = DEFAULT_INVENTORY, extra_vars: str | None = None) -> list[Model]:
+    return models(inventory, extra_vars)

@@ -11,6 +11,8 @@ import os
 import subprocess
 from pathlib import Path
 
+import catalog  # loadtests/catalog.py: the catalog through the roles' citadel_catalog filter
+
 
 @functools.cache
 def _inventory() -> dict:
@@ -46,10 +48,30 @@ def hostvars(name: str) -> dict:
     return _inventory()["_meta"]["hostvars"].get(name, {})
 
 
+def models() -> list[dict]:
+    """The normalised catalog (defaults applied, each replica's host, address and endpoint)."""
+    return catalog.normalised(os.environ["CITADEL_INVENTORY"])
+
+
 def models_on(name: str) -> list[dict]:
-    """Catalog entries that host `name` serves (its groups hold the model's group)."""
-    catalog = hostvars(name).get("citadel_models", [])
-    return [m for m in catalog if name in names(m["group"])]
+    """Catalog entries that host `name` serves (a replica of theirs is on it)."""
+    return [m for m in models() if any(r["host"] == name for r in m["replicas"])]
+
+
+def replica(name: str, model: dict) -> dict:
+    """The replica of `model` on host `name`: host, address, port, endpoint (address:port)."""
+    return next(r for r in model["replicas"] if r["host"] == name)
+
+
+def address(name: str) -> str:
+    """Where the other hosts reach host `name` (its citadel_address, as the roles resolve it)."""
+    return catalog.addresses(os.environ["CITADEL_INVENTORY"])[name]
+
+
+def endpoint(name: str, port: int) -> str:
+    """address:port of a service on host `name`."""
+    found = address(name)
+    return f"[{found}]:{port}" if ":" in found else f"{found}:{port}"
 
 
 def served_models() -> list[tuple[str, dict]]:

@@ -30,7 +30,13 @@ CATALOGS = {
 
 
 def _catalog(env: str) -> list[dict]:
-    return yaml.safe_load(CATALOGS[env].read_text())["citadel_models"]
+    """The inventory's catalog; production's with a revision for each hf_repo source, which it leaves
+    for the operator to pin (the catalog refuses it unpinned)."""
+    models = yaml.safe_load(CATALOGS[env].read_text())["citadel_models"]
+    for m in models:
+        if "hf_repo" in m["source"] and m["source"].get("revision") is None:
+            m["source"]["revision"] = "0123456789abcdef0123456789abcdef01234567"
+    return models
 
 
 def render_monitoring(env: str, catalog: list[dict] | None = None, extra: dict | None = None) -> Path:
@@ -38,6 +44,8 @@ def render_monitoring(env: str, catalog: list[dict] | None = None, extra: dict |
     out = Path(tempfile.mkdtemp(prefix=f"citadel-monitoring-{env}-"))
     atexit.register(shutil.rmtree, out, True)
     variables = {"out": str(out), **(extra or {})}
+    if catalog is None and env == "production":
+        catalog = _catalog(env)  # pinned
     if catalog is not None:
         variables["citadel_models"] = catalog
     (out / "extra-vars.json").write_text(json.dumps(variables))
@@ -123,20 +131,34 @@ def _file_sd(out: Path, job: str) -> list[dict]:
     return yaml.safe_load((out / f"prometheus/file_sd/{job}.yml").read_text())
 
 
+def _lab_ips() -> dict[str, str]:
+    """Each lab host's lab_ip, read from inventory/lab/hosts.yml (its citadel_address)."""
+    found = {}
+    pending = [yaml.safe_load((REPO / "inventory/lab/hosts.yml").read_text())["all"]]
+    while pending:
+        group = pending.pop()
+        for name, hv in (group.get("hosts") or {}).items():
+            if hv and "lab_ip" in hv:
+                found[name] = hv["lab_ip"]
+        pending.extend((group.get("children") or {}).values())
+    return found
+
+
 def test_lab_targets_come_from_inventory_and_catalog():
     out = rendered("lab")
+    ip = _lab_ips()
     vllm = [(g["labels"]["model"], g["labels"]["host"], g["targets"]) for g in _file_sd(out, "vllm")]
     assert vllm == [
-        ("smollm2-135m", "citadel-llm-01", ["citadel-llm-01:11403"]),
-        ("smollm2-135m", "citadel-llm-02", ["citadel-llm-02:11403"]),
-        ("all-minilm-l6-v2", "citadel-llm-02", ["citadel-llm-02:11404"]),
+        ("smollm2-135m", "citadel-llm-01", [f"{ip['citadel-llm-01']}:11403"]),
+        ("smollm2-135m", "citadel-llm-02", [f"{ip['citadel-llm-02']}:11403"]),
+        ("all-minilm-l6-v2", "citadel-llm-02", [f"{ip['citadel-llm-02']}:11404"]),
     ]
     assert {g["labels"]["tier"] for g in _file_sd(out, "vllm")} == {"lightweight", "embedding"}
     assert _file_sd(out, "llm_gateway") == [
-        {"targets": [f"citadel-gateway-0{i}:8000"], "labels": {"host": f"citadel-gateway-0{i}"}} for i in (1, 2)
+        {"targets": [f"{ip[h]}:8000"], "labels": {"host": h}} for h in ("citadel-gateway-01", "citadel-gateway-02")
     ]
     nodes = sorted(t for g in _file_sd(out, "node") for t in g["targets"])
-    assert nodes == [f"citadel-{h}:9100" for h in ("gateway-01", "gateway-02", "llm-01", "llm-02", "monitor-01")]
+    assert nodes == sorted(f"{address}:9100" for address in ip.values())
 
 
 def test_production_targets_use_ansible_host():
@@ -177,14 +199,15 @@ def test_a_catalog_change_needs_no_other_edit():
         ({"prometheus_alert_memory_ratio": 80}, ["prometheus_alert_memory_ratio=80 must be a ratio between 0 and 1"]),
         (
             {"citadel_models": [{**_catalog("production")[0], "latency_ms": {"avg": 2000}}]},
-            ["citadel_models entry mixtral-8x7b", "latency_ms.p95"],
+            ["model mixtral-8x7b: latency_ms {'avg': 2000} needs avg and p95"],
         ),
     ],
 )
 def test_preflight_rejects_bad_monitoring_settings(tmp_path, extra, expected):
     run = subprocess.run(
         ["ansible-playbook", "-i", "inventory/production", "monitoring/tests/render.yml"]
-        + ["-e", f"out={tmp_path}", "-e", json.dumps(extra)],
+        + ["-e", f"out={tmp_path}", "-e", json.dumps({"citadel_models": _catalog("production")})]
+        + ["-e", json.dumps(extra)],
         cwd=REPO,
         env={**os.environ, "ANSIBLE_NOCOLOR": "1"},
         capture_output=True,

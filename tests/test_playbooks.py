@@ -21,6 +21,7 @@ def _model(name: str, port: int, **fields) -> dict:
         "port": port,
         "capabilities": ["chat"],
         "tier": "lightweight",
+        "latency_ms": {"avg": 500, "p95": 900},
         **fields,
     }
 

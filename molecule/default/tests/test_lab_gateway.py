@@ -89,8 +89,11 @@ def test_config_holds_only_key_digests(host):
     text = config.content_string
     assert API_KEY not in text
     assert hashlib.sha256(API_KEY.encode()).hexdigest() in text
-    # Every replica of every model, from the catalog and the inventory.
-    for replica in ("http://citadel-llm-01:11403", "http://citadel-llm-02:11403", "http://citadel-llm-02:11404"):
+    # Every replica of every model, at the catalog's endpoint (the LLM host's lab_ip).
+    replicas = [f"http://{r['endpoint']}" for m in lab_inventory.models() for r in m["replicas"]]
+    assert len(replicas) == 3, replicas
+    assert all(r.startswith("http://10.89.42.") for r in replicas), replicas
+    for replica in replicas:
         assert replica in text
 
 
@@ -211,10 +214,11 @@ def test_stopping_one_smollm2_replica_keeps_requests_succeeding(client):
     assert done > 5
     # The gateway noticed: replica 1 is unhealthy, replica 2 healthy.
     health = replica_health()
-    assert health[f"{CHAT_MODEL}|citadel-llm-01:11403"] == 0, health
-    assert health[f"{CHAT_MODEL}|citadel-llm-02:11403"] == 1, health
+    one, two = (f"{CHAT_MODEL}|{lab_inventory.endpoint(h, 11403)}" for h in ("citadel-llm-01", "citadel-llm-02"))
+    assert health[one] == 0, health
+    assert health[two] == 1, health
     # And takes it back once it is ready again (vLLM restart: ~40 s on 2 cores).
     deadline = time.monotonic() + 240
-    while replica_health().get(f"{CHAT_MODEL}|citadel-llm-01:11403") != 1:
+    while replica_health().get(one) != 1:
         assert time.monotonic() < deadline, replica_health()
         time.sleep(3)

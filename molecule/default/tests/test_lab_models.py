@@ -153,7 +153,10 @@ def test_sandbox_is_applied_not_only_configured(host):
 
 def test_ports_listen(host):
     for model in _models(host):
-        assert host.socket(f"tcp://0.0.0.0:{model['port']}").is_listening
+        # on the replica's address only (the host's citadel_address), not on every interface
+        address = lab_inventory.replica(host.backend.get_hostname(), model)["address"]
+        assert host.socket(f"tcp://{address}:{model['port']}").is_listening
+        assert not host.socket(f"tcp://127.0.0.1:{model['port']}").is_listening
 
 
 def test_models_endpoint_lists_each_model(host):
@@ -199,7 +202,7 @@ def test_a_model_server_refuses_requests_without_its_key():
     (monitor,) = lab_inventory.names("monitoring")
     probe = testinfra.get_host(f"podman://{monitor}")
     for host, model in REPLICAS:
-        address = lab_inventory.hostvars(host)["lab_ip"]  # what the gateways and Prometheus dial
+        address = lab_inventory.replica(host, model)["address"]  # what the gateways and Prometheus dial
         path = "/v1/embeddings" if "embedding" in model["capabilities"] else "/v1/completions"
         body = (
             {"model": model["name"], "input": "hi"}

@@ -85,7 +85,7 @@ def test_node_exporter_on_every_host(name):
 def test_file_sd_lists_every_replica_of_the_catalog(host):
     groups = yaml.safe_load(host.file("/etc/prometheus/file_sd/vllm.yml").content_string)
     listed = sorted((g["labels"]["host"], g["labels"]["model"], g["targets"][0]) for g in groups)
-    assert listed == sorted((h, m["name"], f"{h}:{m['port']}") for h, m in REPLICAS)
+    assert listed == sorted((h, m["name"], lab_inventory.replica(h, m)["endpoint"]) for h, m in REPLICAS)
 
 
 def test_every_expected_target_is_up(host):
@@ -105,9 +105,7 @@ def test_alert_thresholds_follow_the_catalog(host):
     targets = {
         r["metric"]["model"]: float(r["value"][1]) for r in query(host, "citadel:model_latency_p95_target_seconds")
     }
-    assert targets == {
-        m["name"]: m["latency_ms"]["p95"] / 1000 for m in lab_inventory.hostvars(ALL_HOSTS[0])["citadel_models"]
-    }
+    assert targets == {m["name"]: m["latency_ms"]["p95"] / 1000 for m in lab_inventory.models()}
     groups = {g["name"] for g in api(host, "/api/v1/rules")["groups"]}
     assert {"citadel-llm-gateway", "citadel-llm-vllm", "citadel-llm-hosts"} <= groups
 

@@ -17,8 +17,7 @@ INVENTORY = os.environ["CITADEL_INVENTORY"]
 
 
 def catalog() -> list[dict]:
-    gateway = lab_inventory.names("llm_gateway")[0]
-    return lab_inventory.hostvars(gateway)["citadel_models"]
+    return lab_inventory.models()
 
 
 def load(report_dir: Path, *args: str) -> tuple[subprocess.CompletedProcess, str]:

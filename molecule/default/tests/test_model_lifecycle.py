@@ -89,7 +89,7 @@ def test_removed_model_is_stopped_disabled_and_removed(converge_edited):
     assert not host.file("/etc/systemd/system/vllm-all-minilm-l6-v2.service").exists
     assert not host.file("/etc/citadel/vllm/all-minilm-l6-v2.env").exists
     assert host.run("systemctl is-active vllm-all-minilm-l6-v2.service").stdout.strip() != "active"
-    assert not host.socket("tcp://0.0.0.0:11404").is_listening
+    assert not host.socket(f"tcp://{lab_inventory.endpoint('citadel-llm-02', 11404)}").is_listening
     assert host.file("/opt/models/all-minilm-l6-v2/model.safetensors").exists  # weights kept by default
     after = started_at()
     assert after[("citadel-llm-02", "smollm2-135m")] == before[("citadel-llm-02", "smollm2-135m")]
@@ -138,5 +138,5 @@ def test_removed_model_leaves_monitoring_and_comes_back(tmp_path):
         if active:
             break
         time.sleep(5)
-    assert [g["targets"] for g in file_sd] == [["citadel-llm-02:11404"]]
+    assert [g["targets"] for g in file_sd] == [[lab_inventory.endpoint("citadel-llm-02", 11404)]]
     assert len(active) == 1

@@ -9,11 +9,14 @@ import json
 import time
 import urllib.request
 
+import lab_inventory
 import lab_ops
 from lab_ops import API_KEY, playbook, unit_times
 from probe import Probe
 
 DRAINED = "citadel-llm-01"
+# The node_exporter target Prometheus scrapes on it: the host's citadel_address (its lab_ip).
+NODE_URL = f"http://{lab_inventory.endpoint(DRAINED, 9100)}/metrics"
 
 
 def client_requests(port: int = 11403) -> float:
@@ -44,7 +47,7 @@ def test_drain_and_undrain_a_host_under_load():
         t0 = time.monotonic()
         playbook("playbooks/drain.yml", "-l", DRAINED)
         drained_in = time.monotonic() - t0
-        view = lab_ops.admin_replicas(f"host={DRAINED}")
+        view = lab_ops.admin_replicas(f"host={lab_inventory.address(DRAINED)}")
         assert view["replicas"], view
         assert all(r["draining"] for r in view["replicas"]), view
         assert view["outstanding"] == 0, view
@@ -55,7 +58,7 @@ def test_drain_and_undrain_a_host_under_load():
         t1 = time.monotonic()
         playbook("playbooks/undrain.yml", "-l", DRAINED)
         undrained_in = time.monotonic() - t1
-        view = lab_ops.admin_replicas(f"host={DRAINED}")
+        view = lab_ops.admin_replicas(f"host={lab_inventory.address(DRAINED)}")
         assert not any(r["draining"] for r in view["replicas"]), view
         assert all(r["healthy"] and r["circuit"] == "closed" for r in view["replicas"]), view
         time.sleep(5)
@@ -100,7 +103,7 @@ def test_verify_fails_on_a_target_that_is_down():
     try:
         # Prometheus reports a target by its last scrape: wait for the one after the stop.
         for _ in range(30):
-            if target_health("http://citadel-llm-01:9100/metrics") == "down":
+            if target_health(NODE_URL) == "down":
                 break
             time.sleep(2)
         run = lab_ops.playbook_run("playbooks/verify.yml")
@@ -108,4 +111,4 @@ def test_verify_fails_on_a_target_that_is_down():
         node.run("systemctl start prometheus-node-exporter.service")
     text = " ".join(run.stdout.split())
     assert run.returncode != 0
-    assert "not up: node http://citadel-llm-01:9100/metrics" in text, run.stdout[-3000:]
+    assert f"not up: node {NODE_URL}" in text, run.stdout[-3000:]

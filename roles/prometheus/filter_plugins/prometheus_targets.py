@@ -1,34 +1,27 @@
-"""file_sd target groups derived from the model catalog and the inventory.
+"""file_sd target groups from the normalised catalog and the hosts' endpoints (citadel_catalog).
 
 Prometheus reads these lists as-is (one file per job); building them in Python
 keeps the template a single `to_nice_yaml` and the order deterministic, so an
-unchanged inventory rewrites nothing.
+unchanged inventory rewrites nothing. Addresses come from the catalog's
+endpoints only: Prometheus scrapes what the gateway dials and the firewall opens.
 """
 
 
-def _address(hostvars, host: str) -> str:
-    # The address Ansible itself uses for the host; in the lab the inventory
-    # name, which podman's network DNS resolves between containers.
-    return str(hostvars[host].get("ansible_host") or host)
+def citadel_vllm_targets(models) -> list[dict]:
+    """One target per model replica, at its endpoint."""
+    return [
+        {
+            "targets": [replica["endpoint"]],
+            "labels": {"model": model["name"], "host": replica["host"], "tier": model["tier"]},
+        }
+        for model in models
+        for replica in model["replicas"]
+    ]
 
 
-def citadel_vllm_targets(models, groups, hostvars) -> list[dict]:
-    """One target per model replica: every host of the model's `group`, at its port."""
-    out = []
-    for model in models:
-        for host in groups.get(model["group"], []):
-            out.append(
-                {
-                    "targets": [f"{_address(hostvars, host)}:{model['port']}"],
-                    "labels": {"model": model["name"], "host": host, "tier": model["tier"]},
-                }
-            )
-    return out
-
-
-def citadel_host_targets(hosts, port, hostvars) -> list[dict]:
-    """One target per host at `port`, labelled with the inventory name."""
-    return [{"targets": [f"{_address(hostvars, host)}:{port}"], "labels": {"host": host}} for host in hosts]
+def citadel_host_targets(endpoints) -> list[dict]:
+    """One target per host endpoint (citadel_endpoints), labelled with the inventory name."""
+    return [{"targets": [e["endpoint"]], "labels": {"host": e["host"]}} for e in endpoints]
 
 
 class FilterModule:

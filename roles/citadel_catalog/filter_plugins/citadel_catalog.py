@@ -1,0 +1,236 @@
+"""The model catalog, normalised once: ``citadel_models | citadel_catalog(groups, hostvars)``.
+
+Every consumer (the vllm, llm_gateway and prometheus roles, the drain playbook, the load tests
+and Molecule) reads the catalog through this filter, so each field is checked in one place and
+each replica has one endpoint: the address its vLLM server binds, the gateways dial, Prometheus
+scrapes and the firewall opens. That address is the host's ``citadel_address`` (its ansible_host,
+else its inventory name, unless set apart from the management address).
+
+A catalog with mistakes raises one error listing every one of them, each naming the model and
+the fix, before any host changes (playbooks/preflight.yml evaluates it first).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+
+from ansible.errors import AnsibleFilterError
+
+CAPABILITIES = ("chat", "completion", "embedding", "code", "reasoning")
+TIERS = ("heavyweight", "lightweight", "embedding")
+# The catalog's gateway settings (llm_gateway role): numbers >= 0 but for the fallback list.
+GATEWAY_NUMBERS = (
+    "timeout_s",
+    "max_inflight",
+    "max_waiting",
+    "first_byte_timeout_s",
+    "chunk_gap_timeout_s",
+    "stream_max_s",
+    "tokens_per_s",
+)
+FIELDS = ("name", "aliases", "source", "group", "port", "engine", "resources", "env", "capabilities", "tier",
+          "latency_ms", "gateway")  # fmt: skip
+REQUIRED = ("source", "group", "port", "capabilities", "tier", "latency_ms")
+_REVISION = re.compile(r"^[0-9a-f]{40}$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _strings(value) -> bool:
+    return isinstance(value, Sequence) and not isinstance(value, str) and all(isinstance(v, str) for v in value)
+
+
+def _address(hostvars, host: str) -> str:
+    hv = hostvars[host]
+    for var in ("citadel_address", "ansible_host"):
+        value = hv.get(var)
+        if value not in (None, ""):
+            return str(value)
+    return host
+
+
+def endpoint(address: str, port: int) -> str:
+    """host:port, an IPv6 literal in brackets."""
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+def _check_source(name: str, source, problems: list[str]) -> None:
+    if not isinstance(source, Mapping) or ("hf_repo" in source) == ("path" in source):
+        problems.append(
+            f"model {name}: source must be either `hf_repo` with `revision` (a 40-character commit hash) or "
+            f"`path` (a directory on the controller with a SHA256SUMS file). Got {source!r}."
+        )
+    elif "hf_repo" in source and not _REVISION.match(str(source.get("revision") or "")):
+        problems.append(
+            f"model {name}: source.revision must be the 40-character commit hash you validated "
+            f"(see https://huggingface.co/{source['hf_repo']}/commits/main), not {source.get('revision')!r}."
+        )
+
+
+def _check_entry(name: str, m: Mapping, problems: list[str]) -> bool:
+    """Every field of one entry; False when one the later checks need is missing or unusable."""
+    unknown = sorted(set(m) - set(FIELDS))
+    if unknown:
+        problems.append(f"model {name}: unknown fields {', '.join(unknown)}; the fields are {', '.join(FIELDS)}.")
+    missing = [f for f in REQUIRED if f not in m]
+    if missing:
+        problems.append(
+            f"citadel_models entry {name} lacks a field: {', '.join(missing)}. Every model needs "
+            "name, source, group, port (1-65535), capabilities (non-empty list), tier and latency_ms {avg, p95}."
+        )
+        return False
+    _check_source(name, m["source"], problems)
+    port = m["port"]
+    usable = isinstance(port, int) and not isinstance(port, bool) and 0 < port < 65536
+    if not usable:
+        problems.append(f"model {name}: port {port!r} is not a TCP port (1-65535).")
+    if not isinstance(m["group"], str):
+        problems.append(f"model {name}: group must be the name of an inventory group, not {m['group']!r}.")
+        usable = False
+    caps = m["capabilities"]
+    if not _strings(caps) or not caps or set(caps) - set(CAPABILITIES) or m["tier"] not in TIERS:
+        problems.append(
+            f"model {name}: capabilities {caps!r} / tier {m['tier']!r} not known. Capabilities must be a non-empty "
+            f"list among {', '.join(CAPABILITIES)}; tier one of {', '.join(TIERS)}."
+        )
+    latency = m["latency_ms"]
+    if not isinstance(latency, Mapping) or not all(_number(latency.get(k)) and latency[k] > 0 for k in ("avg", "p95")):
+        problems.append(
+            f"model {name}: latency_ms {latency!r} needs avg and p95 in milliseconds, both > 0 "
+            "(the gateway's auto choice, the latency alert and the load test's gate), e.g. {avg: 500, p95: 750}."
+        )
+    for field in ("engine", "resources", "env"):
+        if not isinstance(m.get(field, {}), Mapping):
+            problems.append(f"model {name}: {field} must be a mapping, not {m[field]!r}.")
+    env = m.get("env", {})
+    if isinstance(env, Mapping):
+        # each one becomes a line of the model's environment file
+        bad = [k for k, v in env.items() if not _ENV_NAME.match(str(k)) or "\n" in str(v)]
+        if bad:
+            problems.append(
+                f"model {name}: env {', '.join(map(str, bad))}: names are letters, digits and _ (not first), "
+                "values one line."
+            )
+    if not _strings(m.get("aliases", [])):
+        problems.append(f"model {name}: aliases must be a list of names, not {m['aliases']!r}.")
+    return usable
+
+
+def _check_gateway(name: str, route, names: list[str], problems: list[str]) -> None:
+    fields = ("fallbacks",) + GATEWAY_NUMBERS
+    bad = not isinstance(route, Mapping) or set(route) - set(fields)
+    bad = bad or any(not _number(v) or v < 0 for k, v in route.items() if k != "fallbacks")
+    if bad:
+        problems.append(
+            f"model {name}: gateway: {route!r} — allowed keys are {', '.join(fields)}; every one but fallbacks "
+            "is a number >= 0 (tokens_per_s: 0 turns the stream cap off)."
+        )
+        return
+    fallbacks = route.get("fallbacks", [])
+    if not _strings(fallbacks) or set(fallbacks) - set(names) or name in fallbacks:
+        problems.append(
+            f"model {name}: gateway.fallbacks {fallbacks!r} must name other models of the catalog ({', '.join(names)})."
+        )
+
+
+def _replicas(name: str, m: Mapping, groups, hostvars, problems: list[str]) -> list[dict]:
+    group = m["group"]
+    if group not in groups:
+        known = ", ".join(g for g in groups if g not in ("all", "ungrouped"))
+        problems.append(f"model {name}: group {group} is not a group of this inventory ({known}).")
+        return []
+    if not groups[group]:
+        problems.append(
+            f"model {name}: its group {group} has no hosts in this inventory, so nothing would serve it and the "
+            f"gateway would route it nowhere. Add hosts to {group} or remove the model from the catalog."
+        )
+    out = []
+    for host in groups[group]:
+        address = _address(hostvars, host)
+        out.append({"host": host, "address": address, "port": m["port"], "endpoint": endpoint(address, m["port"])})
+    return out
+
+
+def citadel_catalog(models, groups, hostvars) -> list[dict]:
+    """The catalog with defaults applied and every replica's endpoint; raises on any mistake."""
+    if not isinstance(models, Sequence) or isinstance(models, str):
+        raise AnsibleFilterError(f"citadel_models must be a list of models, not {type(models).__name__}.")
+    problems: list[str] = []
+    entries = []
+    for i, m in enumerate(models):
+        if not isinstance(m, Mapping) or not isinstance(m.get("name"), str) or not m["name"]:
+            problems.append(f"citadel_models entry #{i} lacks a field: every model needs a `name` (non-empty string).")
+            continue
+        entries.append((m, _check_entry(m["name"], m, problems)))
+    names = [m["name"] for m, _ in entries]
+    all_names = names + [a for m, _ in entries for a in m.get("aliases", []) if isinstance(a, str)]
+    twice = sorted({n for n in all_names if all_names.count(n) > 1})
+    if twice:
+        problems.append(
+            f"citadel_models uses these names or aliases more than once: {', '.join(twice)}. "
+            "Each name and alias must point at one model."
+        )
+    out = []
+    taken: dict[tuple[str, int], str] = {}  # (host, port) -> model
+    for m, ok in entries:
+        if not ok:
+            continue
+        name = m["name"]
+        _check_gateway(name, m.get("gateway", {}), names, problems)
+        replicas = _replicas(name, m, groups, hostvars, problems)
+        for r in replicas:
+            other = taken.setdefault((r["host"], r["port"]), name)
+            if other != name:
+                problems.append(
+                    f"models {other} and {name} both use port {r['port']} on {r['host']}. "
+                    "Give each model served by one host its own port in citadel_models."
+                )
+        if problems:
+            continue  # nothing below is returned; shapes may be wrong
+        route = {"fallbacks": [], **m.get("gateway", {})}
+        out.append(
+            {
+                **m,
+                "aliases": list(m.get("aliases", [])),
+                "engine": dict(m.get("engine", {})),
+                "resources": dict(m.get("resources", {})),
+                "env": dict(m.get("env", {})),
+                "gateway": route,
+                "replicas": replicas,
+            }
+        )
+    if problems:
+        raise AnsibleFilterError("The model catalog (citadel_models) is not valid:\n- " + "\n- ".join(problems))
+    return out
+
+
+def citadel_replica(model: Mapping, host: str) -> dict:
+    """The replica of a normalised model on ``host``."""
+    for replica in model["replicas"]:
+        if replica["host"] == host:
+            return replica
+    raise AnsibleFilterError(f"model {model['name']} has no replica on {host} (its group is {model['group']}).")
+
+
+def citadel_endpoints(hosts, port, hostvars) -> list[dict]:
+    """Each host's endpoint for a service every one of them runs at ``port`` (node_exporter, the
+    gateway): the same address as its model replicas."""
+    port = int(port)
+    out = []
+    for host in hosts:
+        address = _address(hostvars, host)
+        out.append({"host": host, "address": address, "port": port, "endpoint": endpoint(address, port)})
+    return out
+
+
+class FilterModule:
+    def filters(self):
+        return {
+            "citadel_catalog": citadel_catalog,
+            "citadel_replica": citadel_replica,
+            "citadel_endpoints": citadel_endpoints,
+        }

@@ -1,0 +1,122 @@
+"""The model catalog is normalised once (roles/citadel_catalog): defaults, every check, and one
+endpoint per replica that every consumer uses — what vLLM binds, the gateway dials, Prometheus
+scrapes and the load tests call — even on hosts managed on another address than they serve on."""
+
+import json
+import re
+import sys
+
+import pytest
+import yaml
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "roles/citadel_catalog/filter_plugins"))
+sys.path.insert(0, str(REPO / "loadtests"))
+
+import catalog  # noqa: E402  (loadtests/catalog.py)
+from ansible.errors import AnsibleFilterError  # noqa: E402
+from citadel_catalog import citadel_catalog  # noqa: E402
+
+MULTIHOMED = REPO / "tests/inventory/multihomed.yml"
+REVISION = "0123456789abcdef0123456789abcdef01234567"
+
+
+def _model(name, port, group="llm", **fields):
+    return {"name": name, "source": {"hf_repo": f"ex/{name}", "revision": REVISION}, "group": group, "port": port,
+            "capabilities": ["chat"], "tier": "lightweight", "latency_ms": {"avg": 1, "p95": 2}, **fields}  # fmt: skip
+
+
+GROUPS = {"all": ["a", "b"], "ungrouped": [], "llm": ["a", "b"], "solo": ["b"], "empty": []}
+HOSTVARS = {"a": {"citadel_address": "10.0.0.1", "ansible_host": "192.0.2.1"}, "b": {"ansible_host": "fd00::2"}}
+
+
+def test_defaults_and_one_endpoint_per_replica():
+    chat, embed = citadel_catalog([_model("chat", 11400), _model("embed", 11401, group="solo")], GROUPS, HOSTVARS)
+    assert (chat["aliases"], chat["engine"], chat["resources"], chat["env"]) == ([], {}, {}, {})
+    assert chat["gateway"] == {"fallbacks": []}
+    # citadel_address first, else ansible_host (an IPv6 literal in brackets in the endpoint)
+    assert chat["replicas"] == [
+        {"host": "a", "address": "10.0.0.1", "port": 11400, "endpoint": "10.0.0.1:11400"},
+        {"host": "b", "address": "fd00::2", "port": 11400, "endpoint": "[fd00::2]:11400"},
+    ]
+    assert [r["host"] for r in embed["replicas"]] == ["b"]
+
+
+def test_every_mistake_is_named_at_once_with_its_fix():
+    models = [
+        _model("chat", 11400, gatway={}),  # a typo
+        _model("code", 11400, aliases=["chat"]),  # same host and port as chat; alias taken
+        _model("lost", 11402, group="nowhere"),
+        _model("idle", 11403, group="empty"),
+        _model("slow", 11404, latency_ms={"avg": 100}, gateway={"fallbacks": ["slow"]}),
+        _model("leaky", 11405, env={"OK_NAME": "1", "X": "a\nVLLM_API_KEY=stolen"}),
+        {"name": "bare"},
+    ]
+    with pytest.raises(AnsibleFilterError) as raised:
+        citadel_catalog(models, GROUPS, HOSTVARS)
+    text = str(raised.value)
+    for fragment in (
+        "model chat: unknown fields gatway",
+        "names or aliases more than once: chat",
+        "models chat and code both use port 11400 on a",
+        "model lost: group nowhere is not a group of this inventory (llm, solo, empty)",
+        "model idle: its group empty has no hosts",
+        "model slow: latency_ms {'avg': 100} needs avg and p95",
+        "model leaky: env X: names are letters",
+        "citadel_models entry bare lacks a field: source, group, port, capabilities, tier, latency_ms",
+    ):
+        assert fragment in text, text
+
+
+def test_gateway_settings_are_checked_even_when_another_field_is_wrong():
+    models = [_model("chat", 11400, tier="huge", gateway={"fallbacks": ["nope"], "timeout_s": -1})]
+    text = str(pytest.raises(AnsibleFilterError, citadel_catalog, models, GROUPS, HOSTVARS).value)
+    assert "tier 'huge' not known" in text
+    assert "model chat: gateway:" in text
+    assert "every one but fallbacks is a number >= 0" in text
+
+
+MULTIHOMED_CATALOG = json.dumps(
+    {"citadel_models": [_model("chat-a", 11400, group="llm_servers"),
+                        _model("embed-b", 11401, group="embedding_servers", capabilities=["embedding"])]}
+)  # fmt: skip
+
+
+def test_gateway_prometheus_units_and_load_tests_share_each_replicas_endpoint(ansible, tmp_path):
+    filters = ":".join(str(p) for p in sorted(REPO.glob("roles/*/filter_plugins")))
+    done = ansible(
+        "ansible-playbook", "-i", str(MULTIHOMED), "tests/playbooks/render_endpoints.yml", "-e", f"out={tmp_path}",
+        "-e", MULTIHOMED_CATALOG, env={"ANSIBLE_FILTER_PLUGINS": filters},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    inventory = yaml.safe_load(MULTIHOMED.read_text())["all"]
+    serving = {}  # host -> its serving address, straight from the inventory file
+    for group in ("llm_servers", "llm_gateway", "monitoring"):
+        for host, hv in inventory["children"][group]["hosts"].items():
+            serving[host] = hv["citadel_address"]
+    expected = {("chat-a", f"{serving['llm-a']}:11400"), ("chat-a", f"{serving['llm-b']}:11400"),
+                ("embed-b", f"{serving['llm-b']}:11401")}  # fmt: skip
+
+    gateway = yaml.safe_load((tmp_path / "gateway-config.yml").read_text())
+    dialled = {(m["name"], url.removeprefix("http://")) for m in gateway["models"] for url in m["replicas"]}
+    file_sd = json.loads((tmp_path / "file_sd.json").read_text())
+    scraped = {(g["labels"]["model"], g["targets"][0]) for g in file_sd["vllm"]}
+    bound = set()
+    for unit in tmp_path.glob("*.service"):
+        text = unit.read_text()
+        model = re.search(r"--served-model-name (\S+)", text).group(1)
+        bound.add((model, f"{re.search(r'--host (\S+)', text).group(1)}:{re.search(r'--port (\d+)', text).group(1)}"))
+    loaded = {
+        (m.name, u.removeprefix("http://")) for m in catalog.load(MULTIHOMED, MULTIHOMED_CATALOG) for u in m.replicas
+    }
+    assert dialled == scraped == bound == loaded == expected
+    # the other hosts are scraped at their serving address too; the management one is used by nothing
+    assert {g["targets"][0] for g in file_sd["node"]} == {f"{a}:9100" for a in serving.values()}
+    rendered = " ".join(p.read_text() for p in tmp_path.iterdir())
+    assert "192.0.2." not in rendered
+
+
+def test_a_wrong_catalog_stops_the_load_tests_with_the_same_message(tmp_path):
+    bad = {"citadel_models": [_model("chat", 11400, group="llm_servers", tier="huge")]}
+    with pytest.raises(RuntimeError, match="model chat: capabilities .* tier 'huge' not known"):
+        catalog.load(MULTIHOMED, json.dumps(bad))
