@@ -28,8 +28,10 @@ _REQUEST = (
 )
 
 
-def raw_http(host, path: str, port: int, body: dict | None, key: str, address: str = "127.0.0.1", timeout=120):
-    """(status, body text) of a request from inside lab host ``host`` to ``address``:``port``."""
+def raw_http(host, path: str, port: int, body: dict | None, key: str, address: str | None = None, timeout=120):
+    """(status, body text) of a request from inside lab host ``host`` to ``address``:``port`` (by
+    default the host's own address, the one its model servers bind)."""
+    address = address or lab_inventory.address(host.backend.get_hostname())
     cmd = host.run(
         "python3 -c %s %s %s %s %s %s %s",
         _REQUEST,
@@ -46,7 +48,7 @@ def raw_http(host, path: str, port: int, body: dict | None, key: str, address: s
 
 
 def http(host, path: str, port: int, model: str, body: dict | None = None) -> dict:
-    """A request to ``model``'s server on the host's loopback, with the model's key; JSON out."""
+    """A request to ``model``'s server on the host itself, with the model's key; JSON out."""
     status, text = raw_http(host, path, port, body, lab_inventory.model_api_key(model))
     assert status == 200, text
     return json.loads(text)
