@@ -5,8 +5,22 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parent.parent
+# A placeholder commit for hub sources in test catalogs (nothing downloads it).
+REVISION = "0123456789abcdef0123456789abcdef01234567"
+
+
+def pinned_catalog(path: Path) -> list[dict]:
+    """The citadel_models of a vars file, each hub source without a revision given REVISION.
+    Production's catalog leaves the revisions for the operator to pin, and the catalog
+    filter (like preflight) refuses it unpinned."""
+    models = yaml.safe_load(path.read_text())["citadel_models"]
+    for m in models:
+        if "hf_repo" in m["source"] and m["source"].get("revision") is None:
+            m["source"]["revision"] = REVISION
+    return models
 
 
 @pytest.fixture

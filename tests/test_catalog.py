@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import yaml
-from conftest import REPO
+from conftest import REPO, REVISION
 
 sys.path.insert(0, str(REPO / "roles/citadel_catalog/filter_plugins"))
 sys.path.insert(0, str(REPO / "loadtests"))
@@ -18,7 +18,6 @@ from ansible.errors import AnsibleFilterError  # noqa: E402
 from citadel_catalog import citadel_catalog  # noqa: E402
 
 MULTIHOMED = REPO / "tests/inventory/multihomed.yml"
-REVISION = "0123456789abcdef0123456789abcdef01234567"
 
 
 def _model(name, port, group="llm", **fields):

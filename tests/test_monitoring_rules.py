@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO
+from conftest import REPO, pinned_catalog
 
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 ENVS = ("lab", "production")
@@ -30,13 +30,7 @@ CATALOGS = {
 
 
 def _catalog(env: str) -> list[dict]:
-    """The inventory's catalog; production's with a revision for each hf_repo source, which it leaves
-    for the operator to pin (the catalog refuses it unpinned)."""
-    models = yaml.safe_load(CATALOGS[env].read_text())["citadel_models"]
-    for m in models:
-        if "hf_repo" in m["source"] and m["source"].get("revision") is None:
-            m["source"]["revision"] = "0123456789abcdef0123456789abcdef01234567"
-    return models
+    return pinned_catalog(CATALOGS[env])
 
 
 def render_monitoring(env: str, catalog: list[dict] | None = None, extra: dict | None = None) -> Path:

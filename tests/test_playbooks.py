@@ -3,14 +3,12 @@
 import json
 
 import pytest
+from conftest import REVISION
 
 
 def test_site_syntax_against_production(ansible):
     out = ansible("ansible-playbook", "-i", "inventory/production", "site.yml", "--syntax-check")
     assert out.returncode == 0, out.stdout + out.stderr
-
-
-REVISION = "0123456789abcdef0123456789abcdef01234567"
 
 
 def _model(name: str, port: int, **fields) -> dict:

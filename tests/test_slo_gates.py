@@ -30,6 +30,7 @@ sys.path.insert(0, str(REPO / "loadtests"))
 
 import catalog  # noqa: E402
 import slo  # noqa: E402
+from conftest import pinned_catalog  # noqa: E402
 
 LOCUST = Path(sys.executable).parent / "locust"
 
@@ -178,11 +179,7 @@ def test_lab_catalog_and_replicas_from_inventory():
 
 
 def test_production_catalog_targets_from_source_documents():
-    # Production pins no revision yet (preflight refuses that, and so does the catalog): give each one.
-    entries = yaml.safe_load((REPO / "group_vars/all/models.yml").read_text())["citadel_models"]
-    for entry in entries:
-        entry["source"]["revision"] = "0123456789abcdef0123456789abcdef01234567"
-    pinned = json.dumps({"citadel_models": entries})
+    pinned = json.dumps({"citadel_models": pinned_catalog(REPO / "group_vars/all/models.yml")})
     models = {m.name: m for m in catalog.load(REPO / "inventory/production", pinned)}
     assert (models["mixtral-8x7b"].avg_ms, models["mixtral-8x7b"].p95_ms) == (2000, 3000)
     assert (models["hermes-2"].avg_ms, models["hermes-2"].p95_ms) == (1500, 2500)
