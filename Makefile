@@ -66,11 +66,14 @@ unit: ## Tests that need no lab host: repository (inventories, syntax, preflight
 unit-repository:
 	pytest tests loadtests/bench
 
+# Each gateway suite takes its ports from its own range below the kernel's
+# ephemeral ports (files/gateway/tests/conftest.py free_port): side by side,
+# kernel-picked ports collided (a stub's port taken by the other suite's process).
 unit-gateway-3.11:
-	$(CURDIR)/.cache/gateway-venv/bin/pytest files/gateway/tests
+	CITADEL_TEST_PORTS=20000-25999 $(CURDIR)/.cache/gateway-venv/bin/pytest files/gateway/tests
 
 unit-gateway-3.12:
-	$(CURDIR)/.cache/gateway-venv-3.12/bin/pytest files/gateway/tests
+	CITADEL_TEST_PORTS=26000-31999 $(CURDIR)/.cache/gateway-venv-3.12/bin/pytest files/gateway/tests
 
 molecule: ## Every Molecule scenario: create, converge, idempotence, verify, destroy
 	molecule test --all

@@ -21,10 +21,33 @@ HERE = Path(__file__).parent
 KEYS = {"ops": "ops-key-1", "limited": "limited-key-2", "embed-only": "embed-key-3"}
 
 
+def _port_range() -> range | None:
+    """``CITADEL_TEST_PORTS=lo-hi`` (the Makefile gives each suite run side by side its own
+    range, below the kernel's ephemeral ports): a port handed out here is then never one that
+    another suite, or any process's outgoing connection, takes between our bind test and the
+    child's bind. Unset: the kernel picks (fine for one suite alone)."""
+    spec = os.environ.get("CITADEL_TEST_PORTS")
+    if not spec:
+        return None
+    lo, hi = (int(p) for p in spec.split("-"))
+    return range(lo, hi + 1)
+
+
+_PORTS = iter(_port_range() or ())
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+        if _port_range() is None:
+            s.bind((host, 0))
+            return s.getsockname()[1]
+        for port in _PORTS:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
+        raise RuntimeError(f"CITADEL_TEST_PORTS={os.environ['CITADEL_TEST_PORTS']} has no free port left")
 
 
 def wait_port(port: int, proc: subprocess.Popen, timeout: float = 15.0, host: str = "127.0.0.1") -> None:
