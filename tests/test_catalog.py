@@ -81,7 +81,7 @@ MULTIHOMED_CATALOG = json.dumps(
 )  # fmt: skip
 
 
-def test_gateway_prometheus_units_and_load_tests_share_each_replicas_endpoint(ansible, tmp_path):
+def test_gateway_prometheus_units_firewall_and_load_tests_share_each_replicas_endpoint(ansible, tmp_path):
     filters = ":".join(str(p) for p in sorted(REPO.glob("roles/*/filter_plugins")))
     done = ansible(
         "ansible-playbook", "-i", str(MULTIHOMED), "tests/playbooks/render_endpoints.yml", "-e", f"out={tmp_path}",
@@ -108,7 +108,14 @@ def test_gateway_prometheus_units_and_load_tests_share_each_replicas_endpoint(an
     loaded = {
         (m.name, u.removeprefix("http://")) for m in catalog.load(MULTIHOMED, MULTIHOMED_CATALOG) for u in m.replicas
     }
-    assert dialled == scraped == bound == loaded == expected
+    opened = set()  # each model rule of the firewall: the destination it lets the gateway reach
+    for rules in tmp_path.glob("*-firewall.nft"):
+        for model, daddr, saddr, port in re.findall(
+            r"# model (\S+)\n\s+ip daddr (\S+) ip saddr \{ ([^}]*) \} tcp dport (\d+) accept", rules.read_text()
+        ):
+            assert serving["gw"] in saddr.split(", "), saddr  # the gateway is let in from its serving address
+            opened.add((model, f"{daddr}:{port}"))
+    assert dialled == scraped == bound == loaded == opened == expected
     # the other hosts are scraped at their serving address too; the management one is used by nothing
     assert {g["targets"][0] for g in file_sd["node"]} == {f"{a}:9100" for a in serving.values()}
     rendered = " ".join(p.read_text() for p in tmp_path.iterdir())
