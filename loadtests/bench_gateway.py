@@ -25,6 +25,7 @@ import secrets
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import string
 import subprocess
@@ -53,6 +54,9 @@ ROOT = HERE.parent
 CACHE = Path(os.environ.get("CITADEL_CACHE", ROOT / ".cache"))
 MODEL = "bench-model"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+# The CA of the gateway-tls target's certificate (lab/tls.sh, made under the run's log dir);
+# every https request of the harness trusts it, and only it.
+TLS: dict = {"ctx": None}
 
 
 # ---------------------------------------------------------------- processes, CPU
@@ -181,7 +185,7 @@ def http(
     if key:
         req.add_header("Authorization", f"Bearer {key}")
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
+        with urllib.request.urlopen(req, timeout=timeout, context=TLS["ctx"]) as r:
             return r.status, r.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
@@ -268,19 +272,27 @@ def start_stub(args, logdir: Path) -> tuple[Service, str]:
     return svc, base
 
 
-def start_gateway(args, exe: str, stub: str, key: str, logdir: Path) -> Target:
+def start_gateway(args, exe: str, stub: str, key: str, logdir: Path, tls: bool = False) -> Target:
+    """Ours with every hot-path feature on; ``tls``: the same over HTTPS (gateway-tls), with a
+    certificate from lab/tls.sh that the harness's clients trust (TLS)."""
+    name = "gateway-tls" if tls else "gateway"
     port = free_port()
     tmpl = string.Template((HERE / "bench/gateway.yaml.tmpl").read_text())
-    cfg = logdir / "gateway.yaml"
-    cfg.write_text(
-        tmpl.substitute(port=port, key_sha256=hashlib.sha256(key.encode()).hexdigest(), model=MODEL, stub_url=stub)
-    )
+    cfg = logdir / f"{name}.yaml"
+    text = tmpl.substitute(port=port, key_sha256=hashlib.sha256(key.encode()).hexdigest(), model=MODEL, stub_url=stub)
+    if tls:
+        pki = logdir / "tls"
+        subprocess.run([str(ROOT / "lab/tls.sh"), str(pki), "IP:127.0.0.1"], check=True)
+        TLS["ctx"] = ssl.create_default_context(cafile=str(pki / "ca.pem"))
+        files = f"tls_cert_file: {pki / 'server.pem'}, tls_key_file: {pki / 'server.key'}"
+        text = text.replace("server: {host: 127.0.0.1,", f"server: {{{files}, host: 127.0.0.1,", 1)
+    cfg.write_text(text)
     # The access log goes with the rest of its output to a file (logdir), as under systemd.
     cmd = [exe, "--config", str(cfg), "--host", "127.0.0.1", "--port", str(port)]
-    svc = Service("gateway", cmd, args.server_cpus, logdir)
-    base = f"http://127.0.0.1:{port}"
+    svc = Service(name, cmd, args.server_cpus, logdir)
+    base = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
     wait_ready(svc, base, key, 60)
-    return Target("gateway", base, svc)
+    return Target(name, base, svc)
 
 
 def start_bare_proxy(args, stub: str, logdir: Path) -> Target:
@@ -409,7 +421,7 @@ async def streams(t: Target, key: str, conc: int, total: int) -> dict:
     """total streams (a fixed count), conc at a time, 60 s at most, against 127.0.0.1."""
     import aiohttp  # noqa: PLC0415 - only the streaming part needs it
 
-    conn = aiohttp.TCPConnector(limit=0)
+    conn = aiohttp.TCPConnector(limit=0, ssl=TLS["ctx"] or True)
     timeout = aiohttp.ClientTimeout(total=60)
     async with aiohttp.ClientSession(connector=conn, timeout=timeout) as session:
         # One warm connection per slot first, so TTFC is not a TCP connect.
@@ -537,6 +549,7 @@ def parse_args() -> argparse.Namespace:
     )
     for name in PEERS:
         p.add_argument(f"--no-{name}", action="store_true", help=f"leave out {name}")
+    p.add_argument("--no-tls", action="store_true", help="leave out gateway-tls (ours over HTTPS)")
     p.add_argument(
         "--no-bare",
         action="store_true",
@@ -694,7 +707,8 @@ def main() -> int:
         "wrk": subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split("\n")[0].strip(),
         "gateway": None,
         "versions": {pr.name: pr.version(CACHE) for pr in args.peer_list},
-        "kinds": {pr.name: pr.kind for pr in args.peer_list} | {"gateway": "ours", "bare": "reference"},
+        "kinds": {pr.name: pr.kind for pr in args.peer_list}
+        | {"gateway": "ours", "gateway-tls": "ours", "bare": "reference"},
         "left_out": args.left_out,
         "logdir": str(logdir),
     }
@@ -712,6 +726,8 @@ def main() -> int:
                 "python": python_version(Path(gw_exe).parent),
             }
             meta["versions"]["gateway"] = meta["gateway"]["version"]
+            if not args.no_tls:
+                targets.append(start_gateway(args, gw_exe, stub_base, key, logdir, tls=True))
         else:
             print("gateway: citadel-gateway not found (make the gateway venv: files/gateway/scripts/venv.sh)")
         if not args.no_bare:

@@ -98,9 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     app = build_app(cfg, args.config if not args.backend else None, config_version=version)
     log = logging.getLogger("citadel_gateway")
     log.info(
-        "serving %d models on %s (%s)",
+        "serving %d models on %s over %s (%s)",
         len(cfg.models),
         f"{describe(sockets)} (socket activation)" if sockets else f"{cfg.server.host}:{cfg.server.port}",
+        "HTTPS" if cfg.server.tls_cert_file else "HTTP",
         ", ".join(f"{m.name}x{len(m.replicas)}" for m in cfg.models),
     )
     ucfg = uvicorn.Config(
@@ -116,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
         log_level=args.log_level,
         timeout_graceful_shutdown=cfg.server.drain_seconds,
         backlog=4096,  # also set on an inherited socket (uvloop listens on it again)
+        # HTTPS on every listening socket (inherited ones too); the context's floor is TLS 1.2.
+        ssl_certfile=cfg.server.tls_cert_file,
+        ssl_keyfile=cfg.server.tls_key_file,
     )
     # Everything built so far lives for the whole process: keep it out of the cyclic GC, and
     # collect young objects less often (the hot path allocates many short-lived, acyclic objects).

@@ -74,6 +74,9 @@ class Runtime:
         except C.ConfigError as e:
             log.error("config reload failed, keeping the running config: %s", e)
             return False
+        listener = ("host", "port", "tls_cert_file", "tls_key_file")
+        if any(getattr(cfg.server, f) != getattr(self.state.cfg.server, f) for f in listener):
+            log.warning("server.%s changed: the listener keeps its settings until a restart", "/".join(listener))
         self.apply(cfg, version)
         log.warning("config reloaded from %s: %d models, sha256 %s", self.config_path, len(cfg.models), version)
         return True

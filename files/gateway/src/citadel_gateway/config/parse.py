@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import ssl
 from typing import Any
 
 import yaml
@@ -47,6 +48,8 @@ _SIMPLE = {
             "max_head_bytes": lambda p, v: _num(p, v, integer=True, minimum=256),
             "max_connections": lambda p, v: _num(p, v, integer=True, minimum=1),
             "max_idle_per_client": lambda p, v: _num(p, v, integer=True, minimum=1),
+            "tls_cert_file": _str,
+            "tls_key_file": _str,
         },
     ),
     "health": (
@@ -175,10 +178,29 @@ def _model(path: str, raw: Any) -> Model:
     )
 
 
+def _check_tls(server: Server) -> None:
+    """Both TLS files or neither; when set, they load as a certificate chain with its key (so a
+    wrong file stops the config here, with its name, not the listener at start)."""
+    cert, key = server.tls_cert_file, server.tls_key_file
+    if (cert is None) != (key is None):
+        raise ConfigError("server.tls_cert_file and server.tls_key_file: set both (HTTPS only) or neither (HTTP)")
+    if cert is None:
+        return
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except ssl.SSLError as e:  # before OSError, its base class
+        raise ConfigError(
+            f"server.tls_cert_file {cert} / tls_key_file {key}: not a PEM certificate chain and its key ({e.reason})"
+        ) from e
+    except OSError as e:
+        raise ConfigError(f"server.tls_cert_file / tls_key_file: cannot read {e.filename or cert}: {e.strerror}") from e
+
+
 def parse(raw: Any) -> Config:
     """Validate a parsed YAML document and return a Config."""
     top = _map("", raw, ("server", "auth", "rate_limit", "health", "circuit", "retry", "upstream", "queue", "models"))
     sections = {k: _section(k, top.get(k)) for k in _SIMPLE}
+    _check_tls(sections["server"])
     a = _map("auth", top.get("auth"), ("required", "keys", "failed_rpm", "failed_burst"))
     keys = tuple(_key(f"auth.keys[{i}]", k) for i, k in enumerate(_list("auth.keys", a.get("keys", []) or [])))
     required = _bool("auth.required", a.get("required", bool(keys)))

@@ -27,6 +27,9 @@ class Server:
     max_head_bytes: int = 32768  # request line + headers larger: 431
     max_connections: int = 8192  # open client connections per process; beyond: closed at accept
     max_idle_per_client: int = 256  # idle keep-alive connections per client address; beyond: the oldest closed
+    # PEM files: both set, the listener speaks HTTPS only (no plain HTTP); neither, HTTP.
+    tls_cert_file: str | None = None  # the certificate, then any intermediates
+    tls_key_file: str | None = None
 
 
 @dataclass(frozen=True)
