@@ -322,7 +322,7 @@ def start_peer(args, peer: Peer, stub: str, key: str, logdir: Path) -> Target:
 
 def wrk(args, t: Target, key: str, conc: int, duration: int) -> dict:
     # Bounded: whole seconds (wrk measures its own elapsed time, which the rate uses), 127.0.0.1 only.
-    if not t.base.startswith("http://127.0.0.1:"):
+    if not t.base.startswith(("http://127.0.0.1:", "https://127.0.0.1:")):
         raise SystemExit(f"refusing to load {t.base}: the benchmark targets 127.0.0.1 only")
     cmd = ["wrk", "-t1", f"-c{conc}", f"-d{duration}s", "--timeout", "10s", "-s", str(HERE / "bench/post_chat.lua")]
     if args.load_cpus:
@@ -728,6 +728,7 @@ def main() -> int:
             meta["versions"]["gateway"] = meta["gateway"]["version"]
             if not args.no_tls:
                 targets.append(start_gateway(args, gw_exe, stub_base, key, logdir, tls=True))
+                meta["versions"]["gateway-tls"] = meta["gateway"]["version"]
         else:
             print("gateway: citadel-gateway not found (make the gateway venv: files/gateway/scripts/venv.sh)")
         if not args.no_bare:
@@ -737,7 +738,7 @@ def main() -> int:
         print(
             f"logs: {logdir}   stub: {args.stub}   pin: load={args.load_cpus or '-'} "
             f"servers={args.server_cpus or '-'}   loadavg {os.getloadavg()[0]:.1f}\n"
-            f"peers: {', '.join(f'{n} {v}' for n, v in meta['versions'].items() if n != 'gateway') or '-'}"
+            f"peers: {', '.join(f'{n} {v}' for n, v in meta['versions'].items() if not n.startswith('gateway')) or '-'}"
             f"   left out: {', '.join(args.left_out) or '-'}"
         )
         runs, stream_runs, paired_runs = run_rounds(args, targets, key, stub, concs, run_async, meta["kinds"])

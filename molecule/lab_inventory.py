@@ -8,6 +8,7 @@ import functools
 import hashlib
 import json
 import os
+import ssl
 import subprocess
 from pathlib import Path
 
@@ -89,9 +90,25 @@ def published_port(name: str, port: int) -> int:
     raise LookupError(f"{name} publishes no port {port} (lab_publish in inventory/lab/hosts.yml)")
 
 
+def gateway_tls(name: str) -> ssl.SSLContext | None:
+    """For gateway `name`: a context trusting only the lab CA (lab/tls.sh) where it serves
+    HTTPS (citadel_gateway_tls), else None (plain HTTP)."""
+    if not hostvars(name).get("citadel_gateway_tls"):
+        return None
+    return ssl.create_default_context(cafile=str(_cache() / "lab-tls" / "ca.pem"))
+
+
+def gateway_url(name: str) -> str:
+    """Where this machine reaches gateway `name`: its published port on loopback, https where it serves TLS."""
+    return f"{'https' if gateway_tls(name) else 'http'}://127.0.0.1:{published_port(name, 8000)}"
+
+
+def _cache() -> Path:
+    return Path(os.environ.get("CITADEL_CACHE") or Path(__file__).resolve().parent.parent / ".cache")
+
+
 def model_api_key(model: str) -> str:
     """The API key model `model`'s vLLM servers require: sha256 of "<seed>:<model>", the seed
     lab/keygen.sh wrote into the cache (as inventory/lab/group_vars/lab/model_keys.yml derives it)."""
-    cache = Path(os.environ.get("CITADEL_CACHE") or Path(__file__).resolve().parent.parent / ".cache")
-    seed = (cache / "lab-model-key-seed").read_text().strip()
+    seed = (_cache() / "lab-model-key-seed").read_text().strip()
     return hashlib.sha256(f"{seed}:{model}".encode()).hexdigest()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -50,8 +51,9 @@ class Probe:
         max_s: float = 1200,
         max_requests: int = 20000,
         timeout_s: float = 150,
+        tls: ssl.SSLContext | None = None,  # HTTPS, trusting what this context trusts
     ) -> None:
-        self.key, self.host, self.port, self.model = key, host, port, model
+        self.key, self.host, self.port, self.model, self.tls = key, host, port, model, tls
         self.workers, self.max_s, self.max_requests, self.timeout_s = workers, max_s, max_requests, timeout_s
         self.report = Report()
         self._stop = threading.Event()
@@ -99,7 +101,10 @@ class Probe:
             "temperature": 0,
             "stream": stream,
         }
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout_s)
+        if self.tls:
+            conn = http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout_s, context=self.tls)
+        else:
+            conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout_s)
         conn.request(
             "POST",
             "/v1/chat/completions",

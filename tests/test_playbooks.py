@@ -64,6 +64,14 @@ def test_preflight_passes_with_a_valid_catalog(ansible):
             {"host_tuning_sysctl_host_parameters": {"vm.swappiness": {"nested": 1}}},
             ["vm.swappiness", "host_tuning_sysctl_host_parameters"],
         ),
+        (
+            {"citadel_gateway_tls": True},
+            ["citadel_gateway_tls is true on preflight-probe", "llm_gateway_tls_key", "citadel_gateway_tls: false"],
+        ),
+        (
+            {"firewall_admin_sources": ["10.0.0.0/8", "admin-laptop"]},
+            ["firewall_admin_sources", "Not addresses: ['admin-laptop']"],
+        ),
     ],
 )
 def test_preflight_rejects_bad_input(ansible, extra, expected):

@@ -32,7 +32,14 @@ def test_gateway_package_change_restarts_every_gateway_without_refusing_under_lo
     before = starts()
     with contextlib.ExitStack() as stack:
         probes = [
-            stack.enter_context(Probe(API_KEY, port=lab_inventory.published_port(name, 8000), workers=2))
+            stack.enter_context(
+                Probe(
+                    API_KEY,
+                    port=lab_inventory.published_port(name, 8000),
+                    workers=2,
+                    tls=lab_inventory.gateway_tls(name),
+                )
+            )
             for name in GATEWAYS
         ]
         time.sleep(3)

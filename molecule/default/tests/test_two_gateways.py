@@ -15,21 +15,21 @@ import lab_ops
 from lab_ops import CACHE
 
 GATEWAYS = lab_inventory.names("llm_gateway")
-PORTS = [lab_inventory.published_port(g, 8000) for g in GATEWAYS]
+
 LIMITED_KEY = (CACHE / "lab-gateway-limited-key").read_text().strip()
 REDIS_PASSWORD = (CACHE / "lab-redis-password").read_text().strip()
 # The lab-limited key (inventory/lab/group_vars/llm_gateway/gateway.yml).
 RPM, BURST = 6, 10
 
 
-def embed(port: int) -> tuple[int, Message, dict]:
+def embed(gateway: str) -> tuple[int, Message, dict]:
     req = urllib.request.Request(
-        f"http://127.0.0.1:{port}/v1/embeddings",
+        f"{lab_inventory.gateway_url(gateway)}/v1/embeddings",
         data=json.dumps({"model": "all-minilm-l6-v2", "input": "hello"}).encode(),
         headers={"Authorization": f"Bearer {LIMITED_KEY}", "Content-Type": "application/json"},
     )
     try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
+        with urllib.request.urlopen(req, timeout=30, context=lab_inventory.gateway_tls(gateway)) as resp:
             return resp.status, resp.headers, json.loads(resp.read())
     except urllib.error.HTTPError as e:
         return e.code, e.headers, json.loads(e.read())
@@ -56,16 +56,16 @@ def test_one_keys_limit_is_enforced_across_both_gateways():
     assert len(GATEWAYS) == 2, GATEWAYS
     redis("DEL", "citadel:rl:lab-limited")  # a full bucket to start from
     t0 = time.monotonic()
-    answers = [(port, *embed(port)) for _ in range(20) for port in PORTS]
+    answers = [(gw, *embed(gw)) for _ in range(20) for gw in GATEWAYS]
     elapsed = time.monotonic() - t0
-    ok = [port for port, status, _, _ in answers if status == 200]
-    limited = [(port, h, b) for port, status, h, b in answers if status == 429]
+    ok = [gw for gw, status, _, _ in answers if status == 200]
+    limited = [(gw, h, b) for gw, status, h, b in answers if status == 429]
     allowed = BURST + math.ceil(elapsed * RPM / 60)
     print(f"40 requests over two gateways in {elapsed:.1f} s: {len(ok)} x 200, {len(limited)} x 429 (bucket {allowed})")
     assert len(ok) + len(limited) == len(answers), [a[:2] for a in answers]
     assert BURST <= len(ok) <= allowed, f"{len(ok)} requests passed; one shared bucket allows {BURST}-{allowed}"
-    assert set(ok) == set(PORTS), f"200s came from ports {set(ok)} only"
-    assert {port for port, _, _ in limited} == set(PORTS)
+    assert set(ok) == set(GATEWAYS), f"200s came from {set(ok)} only"
+    assert {gw for gw, _, _ in limited} == set(GATEWAYS)
     for _, headers, body in limited:
         assert int(headers["Retry-After"]) >= 1
         assert (body["error"]["type"], body["error"]["code"]) == ("rate_limit_error", "rate_limited"), body

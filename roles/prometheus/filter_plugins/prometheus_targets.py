@@ -19,9 +19,16 @@ def citadel_vllm_targets(models) -> list[dict]:
     ]
 
 
-def citadel_host_targets(endpoints) -> list[dict]:
-    """One target per host endpoint (citadel_endpoints), labelled with the inventory name."""
-    return [{"targets": [e["endpoint"]], "labels": {"host": e["host"]}} for e in endpoints]
+def citadel_host_targets(endpoints, https_hosts=()) -> list[dict]:
+    """One target per host endpoint (citadel_endpoints), labelled with the inventory name; the
+    hosts in ``https_hosts`` are scraped over https (``__scheme__``, which file_sd may set)."""
+    return [
+        {
+            "targets": [e["endpoint"]],
+            "labels": {"host": e["host"], **({"__scheme__": "https"} if e["host"] in https_hosts else {})},
+        }
+        for e in endpoints
+    ]
 
 
 class FilterModule:
