@@ -139,3 +139,4 @@ def test_tls_files_are_checked_with_the_config(pki, tmp_path):
     with pytest.raises(C.ConfigError, match=f"cannot read {tmp_path}/missing.pem"):
         C.parse({**base, "server": {"tls_cert_file": str(tmp_path / "missing.pem"), "tls_key_file": pki["key"]}})
     assert C.parse({**base, "server": {"tls_cert_file": pki["cert"], "tls_key_file": pki["key"]}}).server.tls_key_file
+    assert C.parse({**base, "server": {"tls_cert_file": None, "tls_key_file": None}}).server.tls_cert_file is None

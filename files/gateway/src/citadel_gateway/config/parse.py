@@ -48,8 +48,9 @@ _SIMPLE = {
             "max_head_bytes": lambda p, v: _num(p, v, integer=True, minimum=256),
             "max_connections": lambda p, v: _num(p, v, integer=True, minimum=1),
             "max_idle_per_client": lambda p, v: _num(p, v, integer=True, minimum=1),
-            "tls_cert_file": _str,
-            "tls_key_file": _str,
+            # null: plain HTTP, as when absent
+            "tls_cert_file": lambda p, v: None if v is None else _str(p, v),
+            "tls_key_file": lambda p, v: None if v is None else _str(p, v),
         },
     ),
     "health": (
