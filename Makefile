@@ -28,7 +28,7 @@ setup: ## Install podman, the lab image, the apt proxy, the pinned tooling (.ven
 	@lab/keygen.sh >/dev/null
 	@# The lab CA and the HTTPS gateway's certificate: its lab_ip, and the
 	@# published port on this machine's loopback (inventory/lab/hosts.yml).
-	@lab/tls.sh $(CURDIR)/.cache/lab-tls IP:10.89.42.22 DNS:citadel-gateway-02 IP:127.0.0.1 DNS:localhost
+	@lab/tls.sh $(CITADEL_CACHE)/lab-tls IP:10.89.42.22 DNS:citadel-gateway-02 IP:127.0.0.1 DNS:localhost
 	@lab/ssh-keys.sh >/dev/null
 	@lab/build-gateway-wheelhouse.sh >/dev/null
 	@files/gateway/scripts/venv.sh 3.11

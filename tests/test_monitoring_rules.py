@@ -125,17 +125,22 @@ def _file_sd(out: Path, job: str) -> list[dict]:
     return yaml.safe_load((out / f"prometheus/file_sd/{job}.yml").read_text())
 
 
-def _lab_ips() -> dict[str, str]:
-    """Each lab host's lab_ip, read from inventory/lab/hosts.yml (its citadel_address)."""
+def _lab_hostvars(var: str) -> dict[str, object]:
+    """Each lab host's `var` where inventory/lab/hosts.yml sets it."""
     found = {}
     pending = [yaml.safe_load((REPO / "inventory/lab/hosts.yml").read_text())["all"]]
     while pending:
         group = pending.pop()
         for name, hv in (group.get("hosts") or {}).items():
-            if hv and "lab_ip" in hv:
-                found[name] = hv["lab_ip"]
+            if hv and var in hv:
+                found[name] = hv[var]
         pending.extend((group.get("children") or {}).values())
     return found
+
+
+def _lab_ips() -> dict[str, str]:
+    """Each lab host's lab_ip (its citadel_address)."""
+    return _lab_hostvars("lab_ip")
 
 
 def test_lab_targets_come_from_inventory_and_catalog():
@@ -148,9 +153,17 @@ def test_lab_targets_come_from_inventory_and_catalog():
         ("all-minilm-l6-v2", "citadel-llm-02", [f"{ip['citadel-llm-02']}:11404"]),
     ]
     assert {g["labels"]["tier"] for g in _file_sd(out, "vllm")} == {"lightweight", "embedding"}
+    https = {h for h, on in _lab_hostvars("citadel_gateway_tls").items() if on}
+    assert https, "no lab gateway serves HTTPS"
     assert _file_sd(out, "llm_gateway") == [
-        {"targets": [f"{ip[h]}:8000"], "labels": {"host": h}} for h in ("citadel-gateway-01", "citadel-gateway-02")
+        {"targets": [f"{ip[h]}:8000"], "labels": {"host": h, **({"__scheme__": "https"} if h in https else {})}}
+        for h in ("citadel-gateway-01", "citadel-gateway-02")
     ]
+    # the https ones are verified against the CA the inventory names, written beside the config
+    config = yaml.safe_load((out / "prometheus/prometheus.yml").read_text())
+    (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "llm_gateway"]
+    ca = (out / "prometheus" / Path(job["tls_config"]["ca_file"]).name).read_text()
+    assert ca.strip() == (Path(os.environ.get("CITADEL_CACHE", REPO / ".cache")) / "lab-tls/ca.pem").read_text().strip()
     nodes = sorted(t for g in _file_sd(out, "node") for t in g["targets"])
     assert nodes == sorted(f"{address}:9100" for address in ip.values())
 
