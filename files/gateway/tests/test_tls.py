@@ -13,7 +13,7 @@ import time
 import openai
 import pytest
 from citadel_gateway import config as C
-from conftest import KEYS, Gateway, base_config
+from conftest import KEYS, Gateway, base_config, free_port
 
 
 def _openssl(*args: str) -> None:
@@ -140,3 +140,19 @@ def test_tls_files_are_checked_with_the_config(pki, tmp_path):
         C.parse({**base, "server": {"tls_cert_file": str(tmp_path / "missing.pem"), "tls_key_file": pki["key"]}})
     assert C.parse({**base, "server": {"tls_cert_file": pki["cert"], "tls_key_file": pki["key"]}}).server.tls_key_file
     assert C.parse({**base, "server": {"tls_cert_file": None, "tls_key_file": None}}).server.tls_cert_file is None
+
+
+def test_the_metrics_listener_speaks_https_too(pki, shared_stubs, tmp_path):
+    a, b, e = shared_stubs
+    cfg = base_config([a.url, b.url], [e.url])
+    mport = free_port()
+    cfg["server"] = {"tls_cert_file": pki["cert"], "tls_key_file": pki["key"], "metrics_port": mport}
+    g = Gateway(tmp_path, cfg)
+    try:
+        ctx = ssl.create_default_context(cafile=pki["ca"])
+        status, body = _https(mport, ctx, "/metrics")
+        assert status == 200, (status, body[:200])
+        assert b"# TYPE llm_requests_total counter" in body
+        assert _https(g.port, ctx, "/metrics")[0] == 404
+    finally:
+        g.stop()

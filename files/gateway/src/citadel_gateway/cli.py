@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     from .app import build_app
-    from .server import GatewayHttpProtocol, ListenError, check_uvicorn, describe, inherited_sockets
+    from .server import GatewayHttpProtocol, ListenError, check_uvicorn, describe, inherited_sockets, listening_sockets
 
     try:
         check_uvicorn()  # server/ subclasses uvicorn internals: refuse to start on anything else
@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # Started by citadel-gateway.socket: serve its socket (server.host/port do not apply),
         # which outlives this process, so a restart refuses no connection.
-        sockets = inherited_sockets()
+        inherited = inherited_sockets()
+        sockets = listening_sockets(inherited, cfg.server.host, cfg.server.port, cfg.server.metrics_port)
     except ListenError as e:
         print(f"citadel-gateway: {e}", file=sys.stderr)
         return 4
@@ -100,7 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     log.info(
         "serving %d models on %s over %s (%s)",
         len(cfg.models),
-        f"{describe(sockets)} (socket activation)" if sockets else f"{cfg.server.host}:{cfg.server.port}",
+        f"{describe(sockets)}{' (socket activation)' if inherited else ''}"
+        if sockets
+        else f"{cfg.server.host}:{cfg.server.port}",
         "HTTPS" if cfg.server.tls_cert_file else "HTTP",
         ", ".join(f"{m.name}x{len(m.replicas)}" for m in cfg.models),
     )

@@ -49,13 +49,26 @@ class Gateway(Runtime):
         """A request id of our own (unique per process start)."""
         return b"%s-%x" % (self._rid_prefix, next(self._rid))
 
-    def check_head(self, path: str, headers, client: str | None, content_length: int | None, expect_continue: bool):
+    def check_head(
+        self,
+        path: str,
+        headers,
+        client: str | None,
+        content_length: int | None,
+        expect_continue: bool,
+        metrics_listener: bool = False,
+    ):
         """Verdict on a complete request head, before any body byte is read: a refusal
         (status, headers, body) to answer and close, or the go-on value to hand to ``serve``
-        (for a hot path the Request, its key found once here; None elsewhere). Hot paths: the
-        key (401, 429 for an address that keeps failing); every path: a declared body over
-        server.max_body_bytes (413)."""
+        (for a hot path the Request, its key found once here; None elsewhere). With
+        server.metrics_port set, /metrics is served on that listener only and nothing else is
+        (404). Hot paths: the key (401, 429 for an address that keeps failing); every path: a
+        declared body over server.max_body_bytes (413)."""
         st = self.state
+        if st.cfg.server.metrics_port is not None and metrics_listener is not (path == "/metrics"):
+            where = "the metrics port" if metrics_listener else "the API port; it is on the metrics port"
+            msg = f"{path} is not served on {where}"
+            return 404, error_headers(None), error_body(404, msg, "not_found")
         denied = None
         hot = path in HOT
         if hot:

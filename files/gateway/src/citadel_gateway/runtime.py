@@ -74,7 +74,7 @@ class Runtime:
         except C.ConfigError as e:
             log.error("config reload failed, keeping the running config: %s", e)
             return False
-        listener = ("host", "port", "tls_cert_file", "tls_key_file")
+        listener = ("host", "port", "tls_cert_file", "tls_key_file", "metrics_port")
         if any(getattr(cfg.server, f) != getattr(self.state.cfg.server, f) for f in listener):
             log.warning("server.%s changed: the listener keeps its settings until a restart", "/".join(listener))
         self.apply(cfg, version)

@@ -51,6 +51,7 @@ _SIMPLE = {
             # null: plain HTTP, as when absent
             "tls_cert_file": lambda p, v: None if v is None else _str(p, v),
             "tls_key_file": lambda p, v: None if v is None else _str(p, v),
+            "metrics_port": lambda p, v: None if v is None else _num(p, v, integer=True, minimum=1),
         },
     ),
     "health": (
@@ -197,11 +198,20 @@ def _check_tls(server: Server) -> None:
         raise ConfigError(f"server.tls_cert_file / tls_key_file: cannot read {e.filename or cert}: {e.strerror}") from e
 
 
+def _check_metrics_port(server: Server) -> None:
+    mp = server.metrics_port
+    if mp is not None and (mp > 65535 or mp == server.port):
+        raise ConfigError(
+            f"server.metrics_port: {mp} must be a TCP port (1-65535) other than server.port ({server.port})"
+        )
+
+
 def parse(raw: Any) -> Config:
     """Validate a parsed YAML document and return a Config."""
     top = _map("", raw, ("server", "auth", "rate_limit", "health", "circuit", "retry", "upstream", "queue", "models"))
     sections = {k: _section(k, top.get(k)) for k in _SIMPLE}
     _check_tls(sections["server"])
+    _check_metrics_port(sections["server"])
     a = _map("auth", top.get("auth"), ("required", "keys", "failed_rpm", "failed_burst"))
     keys = tuple(_key(f"auth.keys[{i}]", k) for i, k in enumerate(_list("auth.keys", a.get("keys", []) or [])))
     required = _bool("auth.required", a.get("required", bool(keys)))

@@ -30,6 +30,9 @@ class Server:
     # PEM files: both set, the listener speaks HTTPS only (no plain HTTP); neither, HTTP.
     tls_cert_file: str | None = None  # the certificate, then any intermediates
     tls_key_file: str | None = None
+    # A second listener that serves /metrics only (and /metrics nowhere else), so a firewall can
+    # open it to the monitoring hosts alone; None: /metrics on the API port. Same TLS as the API.
+    metrics_port: int | None = None
 
 
 @dataclass(frozen=True)

@@ -35,14 +35,15 @@ pyproject.toml.
 - ``cycle``: HotCycle and the coalescing transport, the response writers;
 - ``sweeper``: the connection phases and the once-a-second sweep of every time limit; the
   shutdown grace;
-- ``listen``: socket activation, the listening sockets systemd passes (sd_listen_fds);
+- ``listen``: socket activation, the listening sockets systemd passes (sd_listen_fds), and the
+  metrics listener;
 - ``compat``: the pinned uvicorn version, the internals used and their check; the ASGI
   disconnect hook.
 """
 
 from .compat import UVICORN_PIN, check_uvicorn, hook_asgi_disconnect
 from .cycle import HotCycle
-from .listen import ListenError, describe, inherited_sockets
+from .listen import ListenError, describe, inherited_sockets, listening_sockets
 from .protocol import GatewayHttpProtocol
 
 __all__ = [
@@ -54,4 +55,5 @@ __all__ = [
     "describe",
     "hook_asgi_disconnect",
     "inherited_sockets",
+    "listening_sockets",
 ]

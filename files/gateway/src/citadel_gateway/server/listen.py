@@ -61,6 +61,29 @@ def _listening_tcp(fd: int, n: int) -> socket.socket:
     return s
 
 
+def listening_sockets(
+    inherited: list[socket.socket] | None, host: str, port: int, metrics_port: int | None
+) -> list[socket.socket] | None:
+    """What uvicorn serves: the inherited sockets (None: it binds host:port itself), plus, with a
+    metrics port, a socket of ours on host:metrics_port (then the API socket is ours too unless
+    systemd passed it). The metrics socket is not socket-activated: a scrape that falls in a
+    restart fails, and Prometheus takes the next one."""
+    if metrics_port is None:
+        return inherited
+    api = inherited or [_bind(host, port)]
+    return [*api, _bind(host, metrics_port)]
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        s = socket.create_server((host.strip("[]"), port), family=family, backlog=4096)
+    except OSError as e:
+        raise ListenError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    s.set_inheritable(False)
+    return s
+
+
 def describe(socks: list[socket.socket]) -> str:
     """Their addresses, for the start-up log line."""
     out = []

@@ -46,6 +46,7 @@ class GatewayHttpProtocol(RefusalMixin, HttpToolsProtocol):
         self.refusal: bytes | None = None
         self.linger_left = 0
         self.client_host: str | None = None
+        self.metrics_listener = False
         self.closing = False  # graceful shutdown under way: every answer closes the connection
         sweeper = getattr(self.server_state, "citadel_sweeper", None)
         if sweeper is None:  # one per server (uvicorn's ServerState lives as long as it)
@@ -68,6 +69,8 @@ class GatewayHttpProtocol(RefusalMixin, HttpToolsProtocol):
         self.raw_transport = transport
         self.transport = _CoalescingTransport(transport, self.loop)  # type: ignore[assignment]
         self.client_host = self.client[0] if self.client else None
+        mp = srv.metrics_port  # which listener accepted this connection (uvicorn's self.server)
+        self.metrics_listener = mp is not None and self.server is not None and self.server[1] == mp
         self.max_url = srv.max_url_bytes
         self.max_headers = srv.max_header_count
         self.max_head = self.head_left = srv.max_head_bytes
@@ -210,6 +213,7 @@ class GatewayHttpProtocol(RefusalMixin, HttpToolsProtocol):
                 self.client_host,
                 cl,
                 self.expect_100_continue,
+                self.metrics_listener,
             )
             if type(verdict) is tuple:
                 self.refusal = self._answer(*verdict)
