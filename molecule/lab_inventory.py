@@ -103,6 +103,13 @@ def gateway_url(name: str) -> str:
     return f"{'https' if gateway_tls(name) else 'http'}://127.0.0.1:{published_port(name, 8000)}"
 
 
+def gateway_metrics_url(name: str) -> str:
+    """Gateway `name`'s /metrics: its metrics listener at its lab address (the lab's firewall lets
+    this machine read it), https where it serves TLS."""
+    port = hostvars(name)["citadel_gateway_metrics_port"]
+    return f"{'https' if gateway_tls(name) else 'http'}://{endpoint(name, port)}/metrics"
+
+
 def _cache() -> Path:
     return Path(os.environ.get("CITADEL_CACHE") or Path(__file__).resolve().parent.parent / ".cache")
 

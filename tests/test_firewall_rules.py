@@ -14,9 +14,11 @@ from firewall_rules import firewall_covers, firewall_rules  # noqa: E402
 GROUPS = {"llm_servers": ["llm"], "llm_gateway": ["gw"], "monitoring": ["mon"], "redis": ["mon"]}
 SETTINGS = {
     "ssh_port": 22, "admin_sources": ["10.0.0.0/8", "10.1.2.3"], "gateway_client_sources": ["0.0.0.0/0", "::/0"],
-    "model_extra_sources": [], "gateway_group": "llm_gateway", "monitoring_group": "monitoring", "redis_group": "redis",
+    "model_extra_sources": [], "metrics_extra_sources": ["10.9.0.1"],
+    "gateway_group": "llm_gateway", "monitoring_group": "monitoring", "redis_group": "redis",
     "gateway_sources": ["10.5.0.20", "fd00::20"], "monitoring_sources": ["10.5.0.30"],
-    "gateway_port": 8000, "node_exporter_port": 9100, "prometheus_port": 9090, "redis_port": 6379,
+    "gateway_port": 8000, "gateway_metrics_port": 8001,
+    "node_exporter_port": 9100, "prometheus_port": 9090, "redis_port": 6379,
 }  # fmt: skip
 
 
@@ -35,7 +37,12 @@ def test_each_host_opens_what_it_serves_to_whom_the_layout_says():
     assert llm[22]["ipv4"] == ["10.0.0.0/8"]
     assert (llm[11400]["daddr"], llm[11400]["ipv4"]) == ("10.5.0.10", ["10.5.0.20", "10.5.0.30"])
     assert llm[11400]["ipv6"] == []  # an IPv4 endpoint: IPv6 sources could never match it
-    assert set(_by_port(firewall_rules("gw", [], GROUPS, SETTINGS))) == {22, 9100, 8000}
+    gw = _by_port(firewall_rules("gw", [], GROUPS, SETTINGS))
+    assert set(gw) == {22, 9100, 8000, 8001}
+    # clients reach the API port, not the /metrics listener (nor node_exporter)
+    assert (gw[8000]["ipv4"], gw[8000]["ipv6"]) == (["0.0.0.0/0"], ["::/0"])
+    assert gw[8001]["ipv4"] == gw[9100]["ipv4"] == ["10.5.0.30", "10.9.0.1"]
+    assert gw[8001]["ipv6"] == []
     mon = _by_port(firewall_rules("mon", [], GROUPS, SETTINGS))
     assert (mon[9090]["ipv4"], mon[6379]["ipv4"], mon[6379]["ipv6"]) == (["10.0.0.0/8"], ["10.5.0.20"], ["fd00::20"])
 

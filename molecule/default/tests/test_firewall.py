@@ -34,13 +34,15 @@ def expected(name: str) -> dict[tuple[int, str | None], set]:
     admin = _nets([CONTROLLER])
     gateways = _nets(lab_inventory.address(g) for g in GATEWAYS)
     monitors = _nets(lab_inventory.address(m) for m in MONITORS)
-    rules: dict[tuple[int, str | None], set] = {(22, None): set(admin), (9100, None): set(monitors)}
+    # The lab lets the controller read the metrics listeners and call model servers directly
+    # (locust --direct).
+    rules: dict[tuple[int, str | None], set] = {(22, None): set(admin), (9100, None): monitors | admin}
     for model in lab_inventory.models_on(name):
         replica = lab_inventory.replica(name, model)
-        # The lab lets the controller call model servers directly too (locust --direct).
         rules.setdefault((replica["port"], replica["address"]), set()).update(gateways | monitors | admin)
     if name in GATEWAYS:
-        rules.setdefault((8000, None), set()).update(ANYWHERE | monitors)
+        rules.setdefault((8000, None), set()).update(ANYWHERE)
+        rules.setdefault((8001, None), set()).update(monitors | admin)
     if name in MONITORS:
         rules.setdefault((9090, None), set()).update(admin)
     if name in REDIS:
@@ -112,10 +114,13 @@ def test_only_gateway_and_monitoring_hosts_reach_a_model_server():
         assert _connects(testinfra.get_host(f"podman://{allowed}"), target), f"{allowed} did not reach {target}"
 
 
-def test_node_exporter_answers_only_the_monitoring_hosts():
-    target = lab_inventory.endpoint(GATEWAYS[0], 9100)
-    assert not _connects(testinfra.get_host(f"podman://{lab_inventory.names('llm_servers')[0]}"), target)
-    assert _connects(testinfra.get_host(f"podman://{MONITORS[0]}"), target)
+@pytest.mark.parametrize("port", [9100, 8001], ids=["node_exporter", "gateway metrics"])
+def test_metrics_listeners_answer_only_the_monitoring_hosts(port):
+    """node_exporter and the gateway's /metrics listener; the gateway's API port takes anyone."""
+    client = testinfra.get_host(f"podman://{lab_inventory.names('llm_servers')[0]}")
+    assert not _connects(client, lab_inventory.endpoint(GATEWAYS[0], port))
+    assert _connects(testinfra.get_host(f"podman://{MONITORS[0]}"), lab_inventory.endpoint(GATEWAYS[0], port))
+    assert _connects(client, lab_inventory.endpoint(GATEWAYS[0], 8000))
 
 
 def test_preflight_refuses_admin_sources_that_leave_out_the_controller():

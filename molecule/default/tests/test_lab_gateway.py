@@ -56,7 +56,8 @@ def wait_ready(timeout: float = 240) -> dict:
 
 def replica_health() -> dict[str, float]:
     """llm_upstream_health samples of the gateway's /metrics: {'model|replica': value}."""
-    with urllib.request.urlopen(f"{GATEWAY}/metrics", timeout=10) as resp:
+    url = lab_inventory.gateway_metrics_url(lab_inventory.names("llm_gateway")[0])  # GATEWAY's
+    with urllib.request.urlopen(url, timeout=10) as resp:
         text = resp.read().decode()
     out = {}
     for line in text.splitlines():

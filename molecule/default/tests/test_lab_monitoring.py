@@ -8,6 +8,7 @@ their metrics queryable.
 import json
 import os
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -99,6 +100,22 @@ def test_every_expected_target_is_up(host):
         time.sleep(5)
     assert set(scraped) == expected, f"missing: {expected - set(scraped)}; not ours: {set(scraped) - expected}"
     assert not down, f"targets not up after {TARGETS_TIMEOUT} s: {down}"
+
+
+@pytest.mark.parametrize("name", GATEWAYS)
+def test_gateway_metrics_are_scraped_from_their_own_listener_only(host, name):
+    """Prometheus scrapes the gateway's metrics listener; the API port does not show /metrics
+    (clients may reach it, and the firewall opens the listener to the monitoring hosts only)."""
+    url = lab_inventory.gateway_metrics_url(name)
+    scraped = scraped_targets(host)[("llm_gateway", name, "")]["scrapeUrl"]
+    assert scraped == url, (scraped, url)
+    tls = lab_inventory.gateway_tls(name)
+    with urllib.request.urlopen(url, timeout=10, context=tls) as resp:
+        assert "# TYPE llm_requests_total counter" in resp.read().decode()
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(f"{lab_inventory.gateway_url(name)}/metrics", timeout=10, context=tls)
+    assert err.value.code == 404
+    assert "metrics port" in json.loads(err.value.read())["error"]["message"]
 
 
 def test_alert_thresholds_follow_the_catalog(host):

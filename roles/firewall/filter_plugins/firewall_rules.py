@@ -56,9 +56,11 @@ def firewall_rules(host: str, catalog, groups, settings: Mapping) -> list[dict]:
     A model replica's rule names its endpoint's address as ``daddr`` (the one address its vLLM
     binds); the other services' rules take any of the host's addresses (``daddr`` None)."""
     gateways, monitors = settings["gateway_sources"], settings["monitoring_sources"]
+    scrapers = [*monitors, *settings["metrics_extra_sources"]]
+    scrapers_are = "the monitoring hosts, firewall_metrics_extra_sources"
     wanted: list[tuple[str, int, str | None, list[str], str]] = [
         ("ssh", settings["ssh_port"], None, settings["admin_sources"], "firewall_admin_sources"),
-        ("node_exporter", settings["node_exporter_port"], None, monitors, "the monitoring hosts"),
+        ("node_exporter", settings["node_exporter_port"], None, scrapers, scrapers_are),
     ]
     for model in catalog:
         for replica in model["replicas"]:
@@ -67,9 +69,9 @@ def firewall_rules(host: str, catalog, groups, settings: Mapping) -> list[dict]:
                 what = "the gateway and monitoring hosts, firewall_model_extra_sources"
                 wanted.append((f"model {model['name']}", replica["port"], replica["address"], sources, what))
     if host in groups.get(settings["gateway_group"], []):
-        # /metrics is on the API port: the monitoring hosts scrape it there.
-        sources = [*settings["gateway_client_sources"], *monitors]
+        sources = settings["gateway_client_sources"]
         wanted.append(("gateway", settings["gateway_port"], None, sources, "firewall_gateway_client_sources"))
+        wanted.append(("gateway metrics", settings["gateway_metrics_port"], None, scrapers, scrapers_are))
     if host in groups.get(settings["monitoring_group"], []):
         sources = settings["admin_sources"]
         wanted.append(("prometheus", settings["prometheus_port"], None, sources, "firewall_admin_sources"))
