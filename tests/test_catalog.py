@@ -49,6 +49,7 @@ def test_every_mistake_is_named_at_once_with_its_fix():
         _model("idle", 11403, group="empty"),
         _model("slow", 11404, latency_ms={"avg": 100}, gateway={"fallbacks": ["slow"]}),
         _model("leaky", 11405, env={"OK_NAME": "1", "X": "a\nVLLM_API_KEY=stolen"}),
+        _model("pinned", 11406, source={"path": "/m", "sha256sum": "ab"}, resources={"memory": "8G"}),
         {"name": "bare"},
     ]
     with pytest.raises(AnsibleFilterError) as raised:
@@ -62,6 +63,8 @@ def test_every_mistake_is_named_at_once_with_its_fix():
         "model idle: its group empty has no hosts",
         "model slow: latency_ms {'avg': 100} needs avg and p95",
         "model leaky: env X: names are letters",
+        "model pinned: source: unknown keys sha256sum; the keys are hf_repo, revision, path, sha256sums.",
+        "model pinned: resources: unknown keys memory; the keys are memory_max, cpu_quota, gpus",
         "citadel_models entry bare lacks a field: source, group, port, capabilities, tier, latency_ms",
     ):
         assert fragment in text, text

@@ -32,6 +32,8 @@ GATEWAY_NUMBERS = (
 FIELDS = ("name", "aliases", "source", "group", "port", "engine", "resources", "env", "capabilities", "tier",
           "latency_ms", "gateway")  # fmt: skip
 REQUIRED = ("source", "group", "port", "capabilities", "tier", "latency_ms")
+SOURCE_FIELDS = ("hf_repo", "revision", "path", "sha256sums")
+RESOURCE_FIELDS = ("memory_max", "cpu_quota", "gpus")
 _REVISION = re.compile(r"^[0-9a-f]{40}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -64,6 +66,9 @@ def _check_source(name: str, source, problems: list[str]) -> None:
             f"model {name}: source must be either `hf_repo` with `revision` (a 40-character commit hash) or "
             f"`path` (a directory on the controller with a SHA256SUMS file). Got {source!r}."
         )
+    elif set(source) - set(SOURCE_FIELDS):
+        unknown = ", ".join(sorted(map(str, set(source) - set(SOURCE_FIELDS))))
+        problems.append(f"model {name}: source: unknown keys {unknown}; the keys are {', '.join(SOURCE_FIELDS)}.")
     elif "hf_repo" in source and not _REVISION.match(str(source.get("revision") or "")):
         problems.append(
             f"model {name}: source.revision must be the 40-character commit hash you validated "
@@ -106,6 +111,13 @@ def _check_entry(name: str, m: Mapping, problems: list[str]) -> bool:
     for field in ("engine", "resources", "env"):
         if not isinstance(m.get(field, {}), Mapping):
             problems.append(f"model {name}: {field} must be a mapping, not {m[field]!r}.")
+    resources = m.get("resources", {})
+    if isinstance(resources, Mapping) and set(resources) - set(RESOURCE_FIELDS):
+        unknown = ", ".join(sorted(map(str, set(resources) - set(RESOURCE_FIELDS))))
+        problems.append(
+            f"model {name}: resources: unknown keys {unknown}; the keys are {', '.join(RESOURCE_FIELDS)} "
+            "(MemoryMax=, CPUQuota=, CUDA_VISIBLE_DEVICES)."
+        )
     env = m.get("env", {})
     if isinstance(env, Mapping):
         # each one becomes a line of the model's environment file

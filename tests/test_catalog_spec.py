@@ -1,0 +1,86 @@
+"""The catalog's argument spec (roles/citadel_catalog/meta/argument_specs.yml) describes the
+fields the citadel_catalog filter checks, accepts the real catalogs, and stops a role whose
+catalog has a typo or a wrong type before it runs a task."""
+
+import sys
+
+import pytest
+import yaml
+from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
+from conftest import REPO, REVISION, pinned_catalog
+
+sys.path.insert(0, str(REPO / "roles/citadel_catalog/filter_plugins"))
+
+from citadel_catalog import FIELDS, GATEWAY_NUMBERS, REQUIRED, RESOURCE_FIELDS, SOURCE_FIELDS  # noqa: E402
+
+SPEC = yaml.safe_load((REPO / "roles/citadel_catalog/meta/argument_specs.yml").read_text())
+MODELS = SPEC["argument_specs"]["main"]["options"]["citadel_models"]
+CATALOGS = {
+    "production": pinned_catalog(REPO / "group_vars/all/models.yml"),
+    "lab": pinned_catalog(REPO / "inventory/lab/group_vars/lab/models.yml"),
+}
+
+
+def _errors(models) -> list[str]:
+    result = ArgumentSpecValidator({"citadel_models": MODELS}).validate({"citadel_models": models})
+    return [str(e) for e in result.errors]
+
+
+def test_the_spec_names_the_fields_the_filter_checks():
+    entry = MODELS["options"]
+    assert set(entry) == set(FIELDS)
+    assert {k for k, v in entry.items() if v.get("required")} == {"name", *REQUIRED}
+    assert set(entry["gateway"]["options"]) == {"fallbacks", *GATEWAY_NUMBERS}
+    assert set(entry["source"]["options"]) == set(SOURCE_FIELDS)
+    assert set(entry["resources"]["options"]) == set(RESOURCE_FIELDS)
+    assert all(v.get("description") for v in entry.values())
+
+
+@pytest.mark.parametrize("name", CATALOGS)
+def test_the_real_catalogs_pass(name):
+    assert _errors(CATALOGS[name]) == []
+
+
+def _model(**fields) -> dict:
+    return {"name": "chat", "source": {"hf_repo": "ex/chat", "revision": REVISION}, "group": "llm", "port": 11400,
+            "capabilities": ["chat"], "tier": "lightweight", "latency_ms": {"avg": 1, "p95": 2}, **fields}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"prot": 1}, "citadel_models.prot. Supported parameters include"),
+        ({"port": "eleven"}, "port"),
+        ({"capabilities": ["telepathy"]}, "telepathy"),
+        ({"gateway": {"first_byte_timout_s": 30}}, "first_byte_timout_s"),
+        ({"latency_ms": {"avg": 1}}, "p95"),
+        ({"resources": {"memory": "8G"}}, "memory"),
+    ],
+)
+def test_a_wrong_entry_is_refused(fields, expected):
+    errors = _errors([_model(**fields)])
+    assert errors
+    assert expected in " ".join(errors), errors
+
+
+def test_a_role_with_a_wrong_catalog_stops_before_its_tasks(ansible, tmp_path):
+    play = tmp_path / "play.yml"
+    play.write_text(
+        yaml.safe_dump(
+            [
+                {
+                    "hosts": "localhost",
+                    "gather_facts": False,
+                    "roles": ["citadel_catalog"],
+                    "tasks": [{"name": "Never reached", "ansible.builtin.debug": {"msg": "ran"}}],
+                }
+            ]
+        )
+    )
+    run = ansible("ansible-playbook", "-i", "localhost,", "-c", "local", str(play), "-e",
+                  '{"citadel_models": [{"name": "chat", "prot": 1}]}')  # fmt: skip
+    text = " ".join(run.stdout.split())
+    assert run.returncode != 0
+    assert "Validating arguments against arg spec 'main'" in text, text[-2000:]
+    assert "citadel_models.prot. Supported parameters include" in text
+    assert "Never reached" not in text
