@@ -3,7 +3,7 @@
 # the gateway, plain HTTP or HTTPS, from a Python 3.11 venv on this machine.
 #
 #   loadtests/vllm-bench.sh URL [vllm bench serve options...]
-#   loadtests/vllm-bench.sh https://127.0.0.1:8443 --num-prompts 8 --random-output-len 8
+#   loadtests/vllm-bench.sh https://127.0.0.1:8001 --num-prompts 8 --random-output-len 8   # the lab HTTPS gateway
 #
 # URL is the gateway's base URL. Defaults (each overridable by an option after it):
 # --backend openai-chat --endpoint /v1/chat/completions, the lab's chat model and its

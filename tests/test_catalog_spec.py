@@ -7,7 +7,8 @@ import sys
 import pytest
 import yaml
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
-from conftest import REPO, REVISION, pinned_catalog
+from conftest import REPO, pinned_catalog
+from test_catalog import _model  # the same valid entry the filter's tests start from
 
 sys.path.insert(0, str(REPO / "roles/citadel_catalog/filter_plugins"))
 
@@ -41,11 +42,6 @@ def test_the_real_catalogs_pass(name):
     assert _errors(CATALOGS[name]) == []
 
 
-def _model(**fields) -> dict:
-    return {"name": "chat", "source": {"hf_repo": "ex/chat", "revision": REVISION}, "group": "llm", "port": 11400,
-            "capabilities": ["chat"], "tier": "lightweight", "latency_ms": {"avg": 1, "p95": 2}, **fields}  # fmt: skip
-
-
 @pytest.mark.parametrize(
     ("fields", "expected"),
     [
@@ -58,7 +54,7 @@ def _model(**fields) -> dict:
     ],
 )
 def test_a_wrong_entry_is_refused(fields, expected):
-    errors = _errors([_model(**fields)])
+    errors = _errors([{**_model("chat", 11400), **fields}])
     assert errors
     assert expected in " ".join(errors), errors
 
