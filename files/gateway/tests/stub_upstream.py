@@ -8,6 +8,8 @@ break_after: reset the stream after N events; stall_after: send N events, then n
 connection stays open); first_delay: seconds between a stream's head and its first event;
 close: read a POST and close the connection without answering; hold_after: send N events, then
 wait until a control sets it to null, then send the rest (a stream the test ends when it wants).
+A stream with ``stream_options.include_usage`` ends, as vLLM's, with an event of no choices and
+the usage (completion_tokens: the number of chunks); /_stats lists include_usage per stream.
 --api-key KEY: /v1/* answers 401 without "Authorization: Bearer KEY" (vLLM's --api-key); every
 Authorization a /v1/ request carried is in /_stats.
 """
@@ -42,7 +44,7 @@ DEFAULTS = {
     "hold_after": None,
 }
 STATE: dict = {}
-STATS = {"posts": 0, "by_path": {}, "request_ids": [], "authorizations": []}
+STATS = {"posts": 0, "by_path": {}, "request_ids": [], "authorizations": [], "include_usage": []}
 MODELS: list[str] = []
 API_KEY: list[bytes] = []  # --api-key: /v1/* wants "Authorization: Bearer KEY", as vLLM's --api-key
 
@@ -140,7 +142,7 @@ class Handler(asyncio.Protocol):
         if path == "/_stats":
             return _resp(200, json.dumps(STATS).encode())
         if path == "/_reset_stats" and method == b"POST":
-            STATS.update({"posts": 0, "by_path": {}, "request_ids": [], "authorizations": []})
+            STATS.update({"posts": 0, "by_path": {}, "request_ids": [], "authorizations": [], "include_usage": []})
             return _resp(200, b"{}")
         return _resp(404, b'{"error":{"message":"not found"}}')
 
@@ -241,6 +243,25 @@ class Handler(asyncio.Protocol):
             t.write(b"%x\r\n%s\r\n" % (len(ev), ev))
             if st["interval"]:
                 await asyncio.sleep(st["interval"])
+        so = req.get("stream_options")
+        STATS["include_usage"].append(isinstance(so, dict) and so.get("include_usage") is True)
+        if STATS["include_usage"][-1]:  # as vLLM: one last event, no choices, the usage
+            n = st["chunks"]
+            usage = {"prompt_tokens": 7, "completion_tokens": n, "total_tokens": 7 + n}
+            ev = (
+                b"data: %s\n\n"
+                % json.dumps(
+                    {
+                        "id": "s",
+                        "object": "chat.completion.chunk",
+                        "created": 1,
+                        "model": model,
+                        "choices": [],
+                        "usage": usage,
+                    }
+                ).encode()
+            )
+            t.write(b"%x\r\n%s\r\n" % (len(ev), ev))
         ev = b"data: [DONE]\n\n"
         t.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(ev), ev))
 

@@ -11,7 +11,7 @@ from citadel_gateway import selection
 from citadel_gateway.backends import Router
 from citadel_gateway.health import CLOSED, HALF_OPEN, OPEN, SLOW_PROBES_TO_EJECT, CircuitBreaker, HealthChecker
 from citadel_gateway.limits import Admission, MemoryLimiter, QueueFull, QueueTimeout
-from citadel_gateway.relay import usage_tokens
+from citadel_gateway.usage import usage_tokens
 
 
 class Clock:

@@ -30,14 +30,28 @@ def _id(rid: bytes | None) -> str:
 
 
 def line(req, status: int, seconds: float) -> str:
-    """Request ids are validated or ours (safe characters); names come from the config."""
+    """Request ids are validated or ours (safe characters); names come from the config, except
+    ``requested`` (the client's, hence JSON-quoted). Token counts are the upstream's ``usage``."""
     err = f',"error":{json.dumps(req.error)}' if req.error else ""
+    if req.prompt_tokens is not None:
+        err += f',"prompt_tokens":{req.prompt_tokens},"completion_tokens":{req.completion_tokens}'
+    if req.ttft_s is not None:
+        err += f',"ttft_ms":{req.ttft_s * 1000:.2f}'
+    if req.cut:
+        err += ',"cut":true'
     return (
         f'{{"ts":{time.time():.3f},"request_id":"{_id(req.rid)}","upstream_request_id":"{_id(req.upstream_rid)}",'
-        f'"key":{_q(req.key.name if req.key else None)},"model":{_q(req.model)},"endpoint":"{req.endpoint}",'
+        f'"key":{_q(req.key.name if req.key else None)},"requested":{_requested(req.requested, req.model)},'
+        f'"model":{_q(req.model)},"endpoint":"{req.endpoint}",'
         f'"status":{status},"duration_ms":{seconds * 1000:.2f},"replica":{_q(req.replica)},'
         f'"attempts":{req.attempts}{err}}}'
     )
+
+
+def _requested(name: str | None, served: str | None) -> str:
+    if name is None:
+        return "null"
+    return _q(name) if name == served else json.dumps(name)  # only served names are cached
 
 
 class AccessLog:

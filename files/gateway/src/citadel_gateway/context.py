@@ -43,6 +43,12 @@ class Request:
         "hooked",
         "state",
         "t0",
+        "requested",
+        "hide_usage",
+        "prompt_tokens",
+        "completion_tokens",
+        "ttft_s",
+        "cut",
     )
 
     def __init__(self, path: str, t0: float) -> None:
@@ -66,6 +72,12 @@ class Request:
         self.hooked = False  # the server tells us of a disconnect (else the stream relay watches)
         self.state = None  # the gateway.State whose keys check_head judged it by (None: not judged)
         self.t0 = t0
+        self.requested: str | None = None  # the model name the client sent
+        self.hide_usage = False  # a stream whose usage event the gateway asked for (not passed on)
+        self.prompt_tokens: int | None = None  # from the upstream's usage
+        self.completion_tokens: int | None = None
+        self.ttft_s: float | None = None  # streams: time to the first byte relayed
+        self.cut = False  # a stream that broke after its first byte
 
     @property
     def fired(self) -> bool:  # the upstream pool's cancel handle interface

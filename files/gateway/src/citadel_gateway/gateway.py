@@ -29,6 +29,7 @@ from .limits import MemoryLimiter
 from .metrics import OVERHEAD_BUCKETS, inc, observe
 from .runtime import Runtime
 from .state import State
+from .usage import ask_for_usage
 
 __all__ = ["HOT", "TOO_LARGE", "Gateway", "State"]
 log = logging.getLogger("citadel_gateway")
@@ -157,7 +158,10 @@ class Gateway(Runtime):
     def _finish(self, req: Request, status: int) -> None:
         dt = time.perf_counter() - req.t0
         m = self.metrics
-        inc(m.requests, (req.model or "unknown", req.endpoint, status))
+        model = req.model or "unknown"
+        inc(m.requests, (model, req.endpoint, status))
+        if req.key is not None:
+            inc(m.key_requests, (req.key.name, model, status))
         if req.model is not None:
             observe(m.duration, (req.model, req.endpoint), dt)
         if req.upstream_s is not None:
@@ -213,6 +217,8 @@ class Gateway(Runtime):
         name = obj.get("model")
         if not isinstance(name, str) or not name:
             return await send_error(out, 400, "'model' is required and must be a string", "invalid_model", req.rid)
+        req.requested = name
+        stream = obj.get("stream") is True
 
         if name == "auto":
             req.auto = selection.hints(headers, req.endpoint)
@@ -250,7 +256,9 @@ class Gateway(Runtime):
                 refused = await rate_limit(limiter, st.cfg.rate_limit.on_redis_error, self._limiter_error, key)
             if refused is not None:
                 return await self._deny(out, req, refused)
-        if model.name != name:
+        if stream and req.endpoint != "embeddings":
+            req.hide_usage = ask_for_usage(obj)  # the tokens of a stream come only when asked for
+        if model.name != name or req.hide_usage:
             obj["model"] = model.name
             body = json.dumps(obj, separators=(",", ":")).encode()
 
@@ -259,7 +267,7 @@ class Gateway(Runtime):
         try:
             refused = None if slot.try_take(model.name) else await slot.take(model.name, req)
             if refused is None:
-                refused = await Forward(self, st, req, obj, body, out, slot).run(model, obj.get("stream") is True)
+                refused = await Forward(self, st, req, obj, body, out, slot).run(model, stream)
             if isinstance(refused, Denied):
                 return await self._deny(out, req, refused)
             return refused

@@ -43,10 +43,26 @@ class Metrics:
         self.fallbacks: dict[tuple, float] = {}  # (model, fallback)
         self.rejections: dict[tuple, float] = {}  # (model, reason)
         self.tokens: dict[tuple, float] = {}  # (model, type)
+        self.key_requests: dict[tuple, float] = {}  # (key, model, status)
+        self.key_tokens: dict[tuple, float] = {}  # (key, model, type)
         self.limiter_errors: dict[tuple, float] = {}  # () : the Redis limiter failed to answer
         self.state = None  # gateway.State, read at scrape time
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
+
+    def tokens_used(self, model: str, key: str | None, prompt: int, completion: int) -> None:
+        """An answer's usage: per model, and per key when a key was presented."""
+        t = self.tokens
+        if prompt:
+            inc(t, (model, "prompt"), prompt)
+        if completion:
+            inc(t, (model, "completion"), completion)
+        if key is not None:
+            t = self.key_tokens
+            if prompt:
+                inc(t, (key, model, "prompt"), prompt)
+            if completion:
+                inc(t, (key, model, "completion"), completion)
 
     def describe(self):
         return []
@@ -98,6 +114,15 @@ class Metrics:
         yield self._counter("llm_fallbacks", "Requests sent to a fallback model", ["model", "fallback"], self.fallbacks)
         yield self._counter("llm_rejections", "Rejected requests by reason", ["model", "reason"], self.rejections)
         yield self._counter("llm_tokens_processed", "Tokens reported in upstream usage", ["model", "type"], self.tokens)
+        yield self._counter(
+            "llm_key_requests",
+            "Requests by API key, model and HTTP status",
+            ["key", "model", "status"],
+            self.key_requests,
+        )
+        yield self._counter(
+            "llm_key_tokens", "Tokens reported in upstream usage, by API key", ["key", "model", "type"], self.key_tokens
+        )
         yield self._counter(
             "llm_rate_limiter_errors",
             "Requests whose rate-limit check failed (Redis unreachable)",

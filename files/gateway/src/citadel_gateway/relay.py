@@ -12,31 +12,17 @@ and a connection closed without the chunked terminator: no client takes it for c
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 
 from .errors import error_event, send_error
-from .metrics import inc, observe
+from .metrics import observe
 from .upstream import ResponseTooLarge, UpstreamError, UpstreamTimeout
+from .usage import StreamUsage, usage_tokens
 
 _HOP = frozenset(
     (b"connection", b"keep-alive", b"transfer-encoding", b"content-length", b"date", b"server", b"x-request-id")
 )
-_PROMPT = re.compile(rb'"prompt_tokens"\s*:\s*(\d+)')
-_COMPLETION = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
 PASS_ON_BYTES = 1024 * 1024  # known-length answers above this are passed on, not held
-
-
-def usage_tokens(body: bytes) -> tuple[int, int] | None:
-    """Prompt/completion tokens from a JSON response's ``usage`` without parsing the body:
-    vLLM puts ``usage`` last, so search from the end."""
-    i = body.rfind(b'"usage"')
-    if i < 0:
-        return None
-    tail = body[i : i + 400]
-    p = _PROMPT.search(tail)
-    c = _COMPLETION.search(tail)
-    return (int(p.group(1)) if p else 0, int(c.group(1)) if c else 0)
 
 
 class Relay:
@@ -112,18 +98,18 @@ class Relay:
             else:
                 self.r.breaker.failure()
         if status == 200:
-            self._count(data, up)
+            self._count(usage_tokens(data), up)
         return status
 
-    def _count(self, data: bytes, seconds: float) -> None:
-        u = usage_tokens(data)
-        m, name = self.gw.metrics, self.model.name
+    def _count(self, u: tuple[int, int] | None, seconds: float | None) -> None:
+        """The answer's tokens: the request's record, the counters; with ``seconds`` (a whole
+        answer, not a stream), the model's observed latency and speed."""
+        req = self.req
         if u is not None:
-            if u[0]:
-                inc(m.tokens, (name, "prompt"), u[0])
-            if u[1]:
-                inc(m.tokens, (name, "completion"), u[1])
-        self.model.observe(seconds, u[1] if u else None)
+            req.prompt_tokens, req.completion_tokens = u
+            self.gw.metrics.tokens_used(self.model.name, req.key.name if req.key is not None else None, *u)
+        if seconds is not None:
+            self.model.observe(seconds, u[1] if u else None)
 
     async def pass_on(self) -> int:
         """A large answer of known length, chunk by chunk (chunked to the client)."""
@@ -144,12 +130,13 @@ class Relay:
         await out.end()
         self.r.breaker.success()
         if resp.status == 200:
-            self._count(tail, req.upstream_s)
+            self._count(usage_tokens(tail), req.upstream_s)
         return resp.status
 
     async def _broken(self, e: Exception) -> int:
         """After the first byte: an error event, then the connection ends without the terminator."""
         status = self._failed(e)
+        self.req.cut = True
         if status != 499:
             name = self.model.name
             msg = {
@@ -178,15 +165,18 @@ class Relay:
             else:
                 msg, code = f"upstream {model.name} failed before its first byte: {e}", "upstream_error"
             return await send_error(out, status, msg, code, req.rid)
-        req.upstream_s = time.perf_counter() - self.t_up
-        observe(self.gw.metrics.ttfb, (model.name, req.endpoint), time.perf_counter() - req.t0)
+        now = time.perf_counter()
+        req.upstream_s = now - self.t_up
+        req.ttft_s = now - req.t0
+        observe(self.gw.metrics.ttfb, (model.name, req.endpoint), req.ttft_s)
         req.started = True
         await out.start(resp.status, self.headers())
         watcher = None if req.hooked else loop.create_task(out.watch_disconnect(req.on_disconnect))
+        usage = StreamUsage(req.hide_usage)
         try:
             chunk = first
             while chunk is not None:
-                await out.chunk(chunk)
+                await out.chunk(usage.feed(chunk))
                 if req.client_gone:
                     self.r.breaker.release()
                     return 499
@@ -205,9 +195,12 @@ class Relay:
         finally:
             if watcher is not None:
                 watcher.cancel()
+        await out.chunk(usage.flush())
         await out.end()
         if resp.status < 500:
             self.r.breaker.success()
         else:
             self.r.breaker.release()
+        if resp.status == 200:
+            self._count(usage.tokens, None)
         return resp.status
