@@ -7,11 +7,14 @@
 #   lab-gateway-limited-key  a key with a small rate limit (the two-gateway limit test)
 #   lab-redis-password       Redis's requirepass (the gateways' shared rate limits)
 #   lab-model-key-seed       the seed each model's API key is derived from (group_vars/lab/model_keys.yml)
+#   lab-postgresql-gateway-password, lab-postgresql-report-password
+#                            the usage database's writer (the gateways) and reader (the report)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 cache=${CITADEL_CACHE:-$here/../.cache}
 mkdir -p "$cache"
-for name in lab-gateway-api-key lab-gateway-admin-key lab-gateway-limited-key lab-redis-password lab-model-key-seed; do
+for name in lab-gateway-api-key lab-gateway-admin-key lab-gateway-limited-key lab-redis-password lab-model-key-seed \
+  lab-postgresql-gateway-password lab-postgresql-report-password; do
   key="$(cd "$cache" && pwd)/$name"
   if [ ! -s "$key" ]; then
     (umask 077; head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$key")

@@ -11,14 +11,15 @@ sys.path.insert(0, str(REPO / "roles/firewall/filter_plugins"))
 from ansible.errors import AnsibleFilterError  # noqa: E402
 from firewall_rules import firewall_covers, firewall_rules  # noqa: E402
 
-GROUPS = {"llm_servers": ["llm"], "llm_gateway": ["gw"], "monitoring": ["mon"], "redis": ["mon"]}
+GROUPS = {"llm_servers": ["llm"], "llm_gateway": ["gw"], "monitoring": ["mon"], "redis": ["mon"], "database": ["mon"]}
 SETTINGS = {
     "ssh_port": 22, "admin_sources": ["10.0.0.0/8", "10.1.2.3"], "gateway_client_sources": ["0.0.0.0/0", "::/0"],
     "model_extra_sources": [], "metrics_extra_sources": ["10.9.0.1"],
     "gateway_group": "llm_gateway", "monitoring_group": "monitoring", "redis_group": "redis",
+    "database_group": "database",
     "gateway_sources": ["10.5.0.20", "fd00::20"], "monitoring_sources": ["10.5.0.30"],
     "gateway_port": 8000, "gateway_metrics_port": 8001,
-    "node_exporter_port": 9100, "prometheus_port": 9090, "redis_port": 6379,
+    "node_exporter_port": 9100, "prometheus_port": 9090, "redis_port": 6379, "postgresql_port": 5432,
 }  # fmt: skip
 
 
@@ -45,6 +46,9 @@ def test_each_host_opens_what_it_serves_to_whom_the_layout_says():
     assert gw[8001]["ipv6"] == []
     mon = _by_port(firewall_rules("mon", [], GROUPS, SETTINGS))
     assert (mon[9090]["ipv4"], mon[6379]["ipv4"], mon[6379]["ipv6"]) == (["10.0.0.0/8"], ["10.5.0.20"], ["fd00::20"])
+    # the usage database: the gateways write, the admin hosts read the report
+    assert (mon[5432]["ipv4"], mon[5432]["ipv6"]) == (["10.0.0.0/8"], ["fd00::20"])
+    assert set(mon) == {22, 9100, 9090, 6379, 5432}
 
 
 def test_an_ipv6_endpoint_takes_only_ipv6_sources():

@@ -168,6 +168,25 @@ TEST_KEY = {"name": "test", "key": "preflight-test-key-0123456789", "models": ["
             {"redis_password": "shortpw"},
             ["redis_password must be set, at least 16 characters", "llm_gateway_redis_password"],
         ),
+        (
+            {"postgresql_gateway_password": "shortpw"},
+            ["postgresql_gateway_password must be set, at least 16 characters", "vault_postgresql_gateway_password"],
+        ),
+        (
+            {"postgresql_report_password": "a password with spaces"},
+            ["postgresql_report_password must be set", "without whitespace"],
+        ),
+        (
+            {"postgresql_gateway_user": "Citadel-Gateway", "postgresql_usage_retention_days": 0},
+            [
+                "Citadel-Gateway, citadel_report) lower-case identifiers",
+                "postgresql_usage_retention_days (0) at least 1 day",
+            ],
+        ),
+        (
+            {"postgresql_report_sources": ["admin-host.example"]},
+            ["postgresql_report_sources has entries that are not IP addresses", "admin-host.example"],
+        ),
     ],
 )
 def test_gateway_preflight_rejects_bad_settings(ansible, extra, expected):
@@ -177,7 +196,8 @@ def test_gateway_preflight_rejects_bad_settings(ansible, extra, expected):
     for fragment in expected:
         assert fragment in text, f"{fragment!r} not in preflight output:\n{out.stdout[-2000:]}"
     # No secret ever reaches the output.
-    for secret in ("preflight-test-key-0123456789", REDIS_PASSWORD, "preflight-redis-password-0123", "shortpw"):
+    for secret in ("preflight-test-key-0123456789", REDIS_PASSWORD, "preflight-redis-password-0123", "shortpw",
+                   "a password with spaces", "preflight-pg-gateway-password-0123"):  # fmt: skip
         assert secret not in out.stdout + out.stderr
 
 

@@ -18,6 +18,7 @@ from lab_ops import playbook_run
 GATEWAYS = lab_inventory.names("llm_gateway")
 MONITORS = lab_inventory.names("monitoring")
 REDIS = lab_inventory.names("redis")
+DATABASE = lab_inventory.names("database")
 ANYWHERE = {ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0")}
 # The controller (this machine) reaches the lab from the lab network's gateway address.
 CONTROLLER = str(next(ipaddress.ip_network(lab_inventory.hostvars(GATEWAYS[0])["lab_subnet"]).hosts()))
@@ -47,6 +48,8 @@ def expected(name: str) -> dict[tuple[int, str | None], set]:
         rules.setdefault((9090, None), set()).update(admin)
     if name in REDIS:
         rules.setdefault((6379, None), set()).update(gateways)
+    if name in DATABASE:  # the gateways write usage, the admin hosts read the report
+        rules.setdefault((5432, None), set()).update(gateways | admin)
     return {key: set(ipaddress.collapse_addresses(n for n in nets if n.version == 4))
             | set(ipaddress.collapse_addresses(n for n in nets if n.version == 6))
             for key, nets in rules.items()}  # fmt: skip

@@ -77,6 +77,11 @@ def firewall_rules(host: str, catalog, groups, settings: Mapping) -> list[dict]:
         wanted.append(("prometheus", settings["prometheus_port"], None, sources, "firewall_admin_sources"))
     if host in groups.get(settings["redis_group"], []):
         wanted.append(("redis", settings["redis_port"], None, gateways, "the gateway hosts"))
+    if host in groups.get(settings["database_group"], []):
+        sources = [*gateways, *settings["admin_sources"]]
+        wanted.append(
+            ("postgresql", settings["postgresql_port"], None, sources, "the gateway hosts, firewall_admin_sources")
+        )
 
     merged: dict[tuple[int, str], dict] = {}
     for name, port, daddr, sources, what in wanted:
