@@ -154,3 +154,12 @@ def test_a_cut_stream_is_marked_in_the_access_log(usage_gw):
     assert rec["cut"] is True
     assert rec["status"] == 502
     assert "prompt_tokens" not in rec
+
+
+def test_an_unknown_models_long_name_is_recorded_bounded(usage_gw):
+    g, _ = usage_gw
+    status, _, _ = g.request("POST", "/v1/chat/completions", {"model": "x" * 100_000, "messages": []})
+    assert status == 404
+    rec = _lines(g, 1)[-1]
+    assert rec["requested"] == "x" * 256
+    assert rec["model"] is None

@@ -217,7 +217,7 @@ class Gateway(Runtime):
         name = obj.get("model")
         if not isinstance(name, str) or not name:
             return await send_error(out, 400, "'model' is required and must be a string", "invalid_model", req.rid)
-        req.requested = name
+        req.requested = name[:256]  # as the client sent it, into the records: bounded
         stream = obj.get("stream") is True
 
         if name == "auto":
