@@ -7,12 +7,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Also: redis-server (the gateway's shared rate limits are tested against a real
-# Redis), wrk (the gateway benchmark's load generator), prometheus (promtool
+# Redis), postgresql (its usage records are tested against a real PostgreSQL: the tests
+# run a throw-away cluster of their own), wrk (the gateway benchmark's load generator), prometheus (promtool
 # checks and unit-tests the alert rules), openssh-client (Ansible reaches the lab
 # hosts over SSH; lab/ssh-keys.sh needs ssh-keygen), openssl (lab/tls.sh: the lab CA
 # and the HTTPS gateway's certificate). Daemons are never started here.
 apt_packages=(podman runc netavark aardvark-dns iptables debootstrap tinyproxy-bin
-  redis-server wrk prometheus openssh-client openssl)
+  redis-server postgresql wrk prometheus openssh-client openssl)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -60,6 +60,11 @@ def build_config(args) -> tuple[C.Config, str | None]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["usage"]:  # the report (records/report.py), not the server
+        from .records import report
+
+        return report.main(argv[1:])
     args = _parser().parse_args(argv)
     if args.check_config:
         try:

@@ -27,6 +27,7 @@ from .errors import Denied, error_body, error_headers, send_error
 from .forward import Forward
 from .limits import MemoryLimiter
 from .metrics import OVERHEAD_BUCKETS, inc, observe
+from .records.event import event
 from .runtime import Runtime
 from .state import State
 from .usage import ask_for_usage
@@ -168,6 +169,10 @@ class Gateway(Runtime):
             observe(m.overhead, (req.endpoint,), max(0.0, dt - req.upstream_s), OVERHEAD_BUCKETS)
         if self.access.enabled:
             self.access.write(line(req, status, dt))
+        # every request of a valid key (all when auth is off): a client without one cannot fill the database
+        usage = self.usage
+        if usage is not None and (req.key is not None or not self.state.cfg.auth.required):
+            usage.record(event(req, status, dt, usage.cfg.gateway))
 
     def _count(self, denied: Denied, req: Request) -> int:
         if denied.reason:

@@ -46,6 +46,8 @@ class Metrics:
         self.key_requests: dict[tuple, float] = {}  # (key, model, status)
         self.key_tokens: dict[tuple, float] = {}  # (key, model, type)
         self.limiter_errors: dict[tuple, float] = {}  # () : the Redis limiter failed to answer
+        # usage records (records/writer.py): events by outcome
+        self.usage_events = dict.fromkeys(("queued", "written", "journaled", "replayed", "dropped"), 0)
         self.state = None  # gateway.State, read at scrape time
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
@@ -129,6 +131,14 @@ class Metrics:
             [],
             self.limiter_errors,
         )
+        f = CounterMetricFamily(
+            "llm_usage_events",
+            "Usage records: queued, written to PostgreSQL, journaled to disk, replayed from it, dropped",
+            labels=["outcome"],
+        )
+        for outcome, n in self.usage_events.items():
+            f.add_metric([outcome], n)
+        yield f
         st = self.state
         active = GaugeMetricFamily("llm_active_requests", "Requests being forwarded now", labels=["model"])
         mh = GaugeMetricFamily("llm_model_health", "1 when at least one replica is healthy", labels=["model"])

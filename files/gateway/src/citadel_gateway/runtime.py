@@ -13,6 +13,7 @@ from . import config as C
 from .accesslog import AccessLog
 from .limits import MemoryLimiter, RedisLimiter
 from .metrics import Metrics
+from .records import UsageWriter
 from .state import State
 from .upstream import Pool
 
@@ -32,8 +33,15 @@ class Runtime:
         self.limiter = self._make_limiter(cfg)
         self.failed_auth = auth.FailedAuthThrottle()
         self.access = AccessLog(log_stream, cfg.server.access_log)
+        self.usage = self._make_usage(cfg)
         self.health = None
         self._tasks: set[asyncio.Task] = set()
+
+    def _make_usage(self, cfg: C.Config):
+        """The usage writer (records/), or None without usage.database_url."""
+        if cfg.usage.database_url is None:
+            return None
+        return UsageWriter(cfg.usage, self.metrics.usage_events)
 
     @staticmethod
     def _make_limiter(cfg: C.Config):
@@ -51,6 +59,8 @@ class Runtime:
         from .health import HealthChecker
 
         self.access.start()
+        if self.usage is not None:
+            self.usage.start()
         cfg = self.state.cfg
         self.health = HealthChecker(self.state.router, self.fetch, cfg.health.interval_s, cfg.health.timeout_s)
         self.health.start()
@@ -62,6 +72,8 @@ class Runtime:
             await self.health.stop()
         self.pool.close()
         await self.limiter.close()
+        if self.usage is not None:  # after the last request: every event is queued by now
+            await self.usage.stop(self.state.cfg.usage.stop_timeout_s)
         self.access.stop()
 
     def reload(self) -> bool:
@@ -77,6 +89,8 @@ class Runtime:
         listener = ("host", "port", "tls_cert_file", "tls_key_file", "metrics_port")
         if any(getattr(cfg.server, f) != getattr(self.state.cfg.server, f) for f in listener):
             log.warning("server.%s changed: the listener keeps its settings until a restart", "/".join(listener))
+        if cfg.usage != self.state.cfg.usage:
+            log.warning("usage changed: the usage writer keeps its settings until a restart")
         self.apply(cfg, version)
         log.warning("config reloaded from %s: %d models, sha256 %s", self.config_path, len(cfg.models), version)
         return True

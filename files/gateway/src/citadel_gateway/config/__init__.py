@@ -21,6 +21,7 @@ from .schema import (
     Retry,
     Server,
     Upstream,
+    Usage,
 )
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "Retry",
     "Server",
     "Upstream",
+    "Usage",
     "from_backends",
     "load",
     "load_versioned",

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import re
+import socket
 import ssl
+from dataclasses import replace
 from typing import Any
 
 import yaml
@@ -27,6 +29,7 @@ from .schema import (
     Retry,
     Server,
     Upstream,
+    Usage,
 )
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -80,6 +83,22 @@ _SIMPLE = {
             "max_inflight": lambda p, v: _num(p, v, integer=True, minimum=1),
             "max_waiting": lambda p, v: _num(p, v, integer=True, minimum=0),
             "wait_timeout_s": _num,
+        },
+    ),
+    # usage.password_file is read in parse() (the secret goes into Usage.password)
+    "usage": (
+        Usage,
+        {
+            "database_url": lambda p, v: None if v is None else _database_url(p, v),
+            "gateway": _str,
+            "journal_dir": _str,
+            "journal_max_bytes": lambda p, v: _num(p, v, integer=True, minimum=1024 * 1024),
+            "batch_size": lambda p, v: _num(p, v, integer=True, minimum=1),
+            "flush_interval_s": lambda p, v: _num(p, v, exclusive=True),
+            "queue_max": lambda p, v: _num(p, v, integer=True, minimum=1),
+            "connect_timeout_s": lambda p, v: _num(p, v, exclusive=True),
+            "insert_timeout_s": lambda p, v: _num(p, v, exclusive=True),
+            "stop_timeout_s": lambda p, v: _num(p, v),
         },
     ),
 }
@@ -208,8 +227,13 @@ def _check_metrics_port(server: Server) -> None:
 
 def parse(raw: Any) -> Config:
     """Validate a parsed YAML document and return a Config."""
-    top = _map("", raw, ("server", "auth", "rate_limit", "health", "circuit", "retry", "upstream", "queue", "models"))
-    sections = {k: _section(k, top.get(k)) for k in _SIMPLE}
+    top = _map(
+        "", raw, ("server", "auth", "rate_limit", "health", "circuit", "retry", "upstream", "queue", "usage", "models")
+    )
+    usage = dict(_map("usage", top.get("usage"), (*_SIMPLE["usage"][1], "password_file")))
+    usage_password = _password_file("usage.password_file", usage.pop("password_file", None))
+    sections = {k: _section(k, usage if k == "usage" else top.get(k)) for k in _SIMPLE}
+    sections["usage"] = _usage(sections["usage"], usage_password)
     _check_tls(sections["server"])
     _check_metrics_port(sections["server"])
     a = _map("auth", top.get("auth"), ("required", "keys", "failed_rpm", "failed_burst"))
@@ -333,14 +357,29 @@ def from_backends(pairs: list[str], key_digests: list[tuple[str, str]], base: Co
     cfg = parse(raw)
     if base is not None:
         # --backend on top of --config replaces the model table only.
-        from dataclasses import replace
-
         cfg = replace(base, models=cfg.models, auth=cfg.auth if key_digests else base.auth)
     return cfg
 
 
 # redis://user:secret@host or redis://:secret@host
 _URL_PASSWORD = re.compile(r"^rediss?://[^/@]*:[^/@]*@")
+
+
+def _database_url(where: str, v: Any) -> str:
+    url = _str(where, v)
+    if not re.match(r"^postgres(ql)?://[^/@:]+@[^/@]+/[A-Za-z0-9_]+$", url):
+        raise ConfigError(
+            f"{where}: expected postgresql://USER@HOST:PORT/DATABASE (the password goes in usage.password_file)"
+        )
+    return url
+
+
+def _usage(u: Usage, password: str | None) -> Usage:
+    if u.database_url is None:
+        return u
+    if password is None:
+        raise ConfigError("usage.password_file: required with usage.database_url")
+    return replace(u, password=password, gateway=u.gateway or socket.gethostname())
 
 
 def _password_file(where: str, path: Any) -> str | None:

@@ -134,6 +134,23 @@ class Model:
 
 
 @dataclass(frozen=True)
+class Usage:
+    """Usage records in PostgreSQL (records/); no database_url: none are written."""
+
+    database_url: str | None = None  # postgresql://USER@HOST:PORT/DB, no password in it
+    password: str | None = field(default=None, repr=False)  # read from usage.password_file
+    gateway: str = ""  # this gateway's name in every row (default: the host name)
+    journal_dir: str = "/var/lib/citadel-gateway/usage-journal"
+    journal_max_bytes: int = 1024**3
+    batch_size: int = 500
+    flush_interval_s: float = 1.0
+    queue_max: int = 100_000
+    connect_timeout_s: float = 5
+    insert_timeout_s: float = 10
+    stop_timeout_s: float = 5  # SIGTERM: insert what is queued within this, journal the rest
+
+
+@dataclass(frozen=True)
 class Config:
     server: Server = field(default_factory=Server)
     auth: Auth = field(default_factory=Auth)
@@ -143,4 +160,5 @@ class Config:
     retry: Retry = field(default_factory=Retry)
     upstream: Upstream = field(default_factory=Upstream)
     queue: Queue = field(default_factory=Queue)
+    usage: Usage = field(default_factory=Usage)
     models: tuple[Model, ...] = ()

@@ -1,0 +1,190 @@
+"""The usage writer: rows queued in memory, inserted in batches, journaled while the database is away.
+
+- ``record`` (the request path) appends to a deque: no await, no I/O. The queue holds at most
+  ``queue_max`` rows (size it above the request rate times ``insert_timeout_s``); a row beyond
+  it is dropped and counted.
+- The flusher wakes every ``flush_interval_s`` or when a batch is full. It replays the journal
+  first (the order holds), then inserts what is queued, ``batch_size`` rows per statement: one
+  ``INSERT ... SELECT FROM unnest(arrays) ON CONFLICT DO NOTHING`` (the gateway's role may only
+  INSERT; a replayed batch that was partly written inserts nothing twice).
+- The database away (connect or insert fails, or takes longer than its timeout): the batch goes
+  to the journal, and the next connection attempt waits (1 s doubling to 30 s); until then every
+  full batch goes to the journal too. Dropped only when the journal is full (logged, counted).
+- ``stop`` (SIGTERM) inserts what it can within its timeout; the rest is journaled. A crash
+  (SIGKILL, power) loses what was queued: at most a flush interval's rows, or one batch while
+  the database is away.
+
+Why asyncpg: one connection, binary protocol, array parameters; the queue and the journal are
+ours because no driver keeps rows across a database outage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import datetime
+import logging
+import time
+
+import asyncpg
+
+from .event import COLUMNS, TYPES
+from .journal import Journal
+
+log = logging.getLogger("citadel_gateway")
+_INSERT = "INSERT INTO citadel.usage_events ({}) SELECT * FROM unnest({}) ON CONFLICT DO NOTHING".format(
+    ", ".join(COLUMNS), ", ".join(f"${i}::{t}[]" for i, t in enumerate(TYPES, 1))
+)
+_UTC = datetime.UTC
+
+
+class UsageWriter:
+    def __init__(self, cfg, counts: dict) -> None:
+        self.cfg = cfg  # config.Usage
+        self.counts = counts  # metrics: outcome -> events (queued, written, journaled, dropped)
+        self.queue: collections.deque[tuple] = collections.deque()
+        self.journal = Journal(cfg.journal_dir, cfg.journal_max_bytes)
+        self._conn: asyncpg.Connection | None = None
+        self._retry_at = 0.0
+        self._backoff = 1.0
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        self._io_lock: asyncio.Lock | None = None
+        self._closing = False
+
+    # -- the request path
+    def record(self, row: tuple) -> None:
+        q = self.queue
+        if len(q) >= self.cfg.queue_max:  # the flusher is stuck longer than the queue lasts
+            self.counts["dropped"] += 1
+            return
+        q.append(row)
+        self.counts["queued"] += 1
+        if len(q) == self.cfg.batch_size and self._wake is not None:
+            self._wake.set()
+
+    # -- lifecycle
+    def start(self) -> None:
+        self._wake = asyncio.Event()
+        self._io_lock = asyncio.Lock()
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self, timeout: float) -> None:
+        """Insert what is queued within ``timeout``; journal the rest; close the connection.
+        The flusher is let finish its round, never cancelled: a batch it holds is in no queue."""
+        if self._task is not None:
+            self._closing = True
+            self._wake.set()
+            await self._task
+        try:
+            async with asyncio.timeout(timeout):
+                await self._flush()
+        except TimeoutError:
+            log.error("usage: database not done within %.0f s at shutdown; journaling the rest", timeout)
+        while self.queue:  # anything the database did not take: to disk before we exit
+            self._journal(self._take())
+        if self._conn is not None:
+            self._conn.terminate()
+            self._conn = None
+
+    # -- the flusher
+    async def _run(self) -> None:
+        wake, interval = self._wake, self.cfg.flush_interval_s
+        while not self._closing:
+            try:
+                async with asyncio.timeout(interval):
+                    await wake.wait()
+            except TimeoutError:
+                pass
+            wake.clear()
+            if self._closing:
+                return  # stop() does the last round, under its timeout
+            try:
+                await self._flush()
+            except Exception:  # noqa: BLE001 - never let the flusher die: log and go on
+                log.exception("usage: flush failed")
+
+    def _take(self) -> list[tuple]:
+        q, n = self.queue, min(len(self.queue), self.cfg.batch_size)
+        return [q.popleft() for _ in range(n)]
+
+    async def _flush(self) -> None:
+        async with self._io_lock:
+            while self.journal:  # the journal first: the database gets rows in order
+                batch = await asyncio.to_thread(self.journal.oldest)
+                if batch is None:
+                    break
+                if not await self._insert(batch):
+                    await self._spill()
+                    return
+                await asyncio.to_thread(self.journal.pop)
+                self.counts["replayed"] += len(batch)
+            while self.queue:
+                batch = self._take()
+                if not await self._insert(batch):
+                    await asyncio.to_thread(self._journal, batch)
+                    await self._spill()
+                    return
+
+    async def _spill(self) -> None:
+        """The database is away: every full batch to disk, so a crash loses at most one batch."""
+        while len(self.queue) >= self.cfg.batch_size:
+            await asyncio.to_thread(self._journal, self._take())
+
+    def _journal(self, batch: list[tuple]) -> None:
+        if self.journal.append(batch):
+            self.counts["journaled"] += len(batch)
+        else:
+            self.counts["dropped"] += len(batch)
+            log.error(
+                "usage: journal full (%d bytes, usage.journal_max_bytes); %d events dropped",
+                self.journal.bytes,
+                len(batch),
+            )
+
+    async def _insert(self, batch: list[tuple]) -> bool:
+        """True when the database has the batch."""
+        conn = await self._connection()
+        if conn is None:
+            return False
+        columns = list(zip(*batch, strict=True))
+        columns[0] = [datetime.datetime.fromtimestamp(t, _UTC) for t in columns[0]]
+        try:
+            await conn.execute(_INSERT, *columns, timeout=self.cfg.insert_timeout_s)
+        except Exception as e:  # noqa: BLE001 - any failure (asyncpg has client errors outside its
+            # PostgresError/InterfaceError tree, e.g. a connection lost mid-protocol): the batch is
+            # journaled, and a replay of a batch the server did commit inserts nothing twice
+            self._away(f"insert failed: {type(e).__name__}: {e}")
+            return False
+        self.counts["written"] += len(batch)
+        return True
+
+    async def _connection(self) -> asyncpg.Connection | None:
+        conn = self._conn
+        if conn is not None and not conn.is_closed():
+            return conn
+        if time.monotonic() < self._retry_at:
+            return None
+        cfg = self.cfg
+        try:
+            self._conn = await asyncpg.connect(
+                cfg.database_url,
+                password=cfg.password,
+                timeout=cfg.connect_timeout_s,
+                command_timeout=cfg.insert_timeout_s,
+            )
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as e:
+            self._away(f"cannot connect: {e}")
+            return None
+        if self._backoff > 1.0:
+            log.warning("usage: database back; replaying %d journaled events", self.journal.rows)
+        self._backoff = 1.0
+        return self._conn
+
+    def _away(self, why: str) -> None:
+        if self._conn is not None:
+            self._conn.terminate()
+            self._conn = None
+        log.error("usage: database unavailable (%s); journaling, next try in %.0f s", why, self._backoff)
+        self._retry_at = time.monotonic() + self._backoff
+        self._backoff = min(self._backoff * 2, 30.0)
