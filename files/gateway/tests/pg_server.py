@@ -4,7 +4,8 @@ migrations (roles/postgresql/files/migrations) and the roles as the postgresql r
 ``citadel_gateway`` may only INSERT, the test reads as the superuser.
 
 The server refuses to run as root: as root (CI), the cluster belongs to the ``postgres`` user
-the package created and every command runs through ``runuser``."""
+the package created and every command runs through ``runuser``. The gateway benchmark
+(loadtests/bench/usage_db.py) runs its database with this too: no pytest here."""
 
 from __future__ import annotations
 
@@ -17,8 +18,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import pytest
-
 MIGRATIONS = Path(__file__).resolve().parents[3] / "roles/postgresql/files/migrations"
 PASSWORD = "test-usage-password-0123456789"
 
@@ -26,7 +25,7 @@ PASSWORD = "test-usage-password-0123456789"
 def _bindir() -> Path:
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
     if not found:
-        pytest.fail("PostgreSQL is not installed: run `make setup` (scripts/bootstrap.sh installs it)")
+        raise RuntimeError("PostgreSQL is not installed: run `make setup` (scripts/bootstrap.sh installs it)")
     return Path(found[-1]).parent
 
 

@@ -151,6 +151,34 @@ def test_a_gateway_restart_under_load_loses_no_event(pg, usage_cfg, gateway, tmp
     assert set(served) <= {r[0] for r in rows}, "every answered request was written at shutdown"
 
 
+def test_a_reload_turns_recording_on_and_hands_the_writer_over_under_load(pg, usage_cfg, gateway):
+    cfg, _ = usage_cfg
+    usage = cfg.pop("usage")
+    g = gateway(cfg)  # no usage section: nothing recorded
+    wait_ready(g)
+    assert g.chat(headers=_rid())[0] == 200
+    cfg["usage"] = usage
+    g.write(cfg)
+    g.signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while "usage writer replaced: recording" not in g.logs():
+        assert time.monotonic() < deadline, g.logs()
+        time.sleep(0.05)
+    results, workers = _load(g, 4, 3)
+    time.sleep(1.5)
+    cfg["usage"] = {**usage, "flush_interval_s": 5, "gateway": "gw-reloaded"}  # rows still queued at the swap
+    g.write(cfg)
+    g.signal(signal.SIGHUP)
+    for w in workers:
+        w.join(30)
+    assert results
+    assert {s for _, s in results} == {200}
+    rows = pg.wait_rows(len(results), timeout=20)
+    assert sorted(r[0] for r in rows) == sorted(rid for rid, _ in results), "every request after the first reload, once"
+    names = pg.psql("SELECT string_agg(DISTINCT gateway, ',' ORDER BY gateway) FROM citadel.usage_events")
+    assert names == "gw-reloaded,gw-test", "the second writer took over under its own settings"
+
+
 def test_events_journaled_at_shutdown_are_written_by_the_next_start(pg, usage_cfg, gateway):
     cfg, _ = usage_cfg
     pg.stop()
@@ -224,3 +252,19 @@ def test_the_report_prints_what_the_table_holds(pg, usage_cfg, gateway, tmp_path
     ).stdout  # fmt: skip
     assert table.splitlines()[0].split()[:3] == ["key", "requests", "errors"]
     assert table.splitlines()[1].split()[:3] == ["ops", "4", "25.0%"]
+
+    def usage(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "citadel_gateway", "usage", "--database-url", url, "--password-file", str(secret),
+             *args], capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+
+    first, last = pg.psql("SELECT min(ts), max(ts) FROM citadel.usage_events").split("|")
+    iso = lambda t: t.replace(" ", "T") + ":00"  # noqa: E731 - psql's "2026-12-07 01:02:03.4+00"
+    out = usage("--since", iso(first), "--until", iso(last), "--json")  # the last row is after the window
+    assert [json.loads(ln)["requests"] for ln in out.stdout.splitlines()] == [3], out.stderr
+    out = usage("--since", "2020-01-01T00:00:00Z", "--until", "2020-01-02T00:00:00Z")
+    assert out.stdout.strip() == "no requests from 2020-01-01 00:00:00+0000 to 2020-01-02 00:00:00+0000"
+    out = usage("--since", "yesterday")
+    assert out.returncode == 2
+    assert "expected an age (30m, 24h, 7d) or a time with its offset" in out.stderr

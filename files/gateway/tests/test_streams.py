@@ -11,14 +11,14 @@ import pytest
 from conftest import KEYS, base_config, wait_ready
 
 
-def raw_stream(port: int, body: dict, timeout: float = 20.0) -> tuple[int, list[bytes], bool]:
+def raw_stream(port: int, body: dict, timeout: float = 20.0, key: str = "ops") -> tuple[int, list[bytes], bool]:
     """POST a streamed chat over a raw socket; (status, the SSE data payloads, whether the body
     ended with the chunked terminator) — read until the server closes or the terminator."""
     data = json.dumps(body).encode()
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
         s.sendall(
             (
-                f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEYS['ops']}\r\n"
+                f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEYS.get(key, key)}\r\n"
                 f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
             ).encode()
             + data

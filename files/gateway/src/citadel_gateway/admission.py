@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from . import budgets
 from .errors import Denied
 from .limits import MemoryLimiter, QueueFull, QueueTimeout, retry_after
 
@@ -38,16 +39,31 @@ async def rate_limit(limiter, on_error: str, metrics_inc, key) -> Denied | None:
         try:
             wait = await limiter.take(key.name, key.rpm, key.burst)
         except Exception as e:  # noqa: BLE001 - Redis down or slow: on_redis_error decides
-            metrics_inc()
-            if on_error == "reject":
-                log.error("rate limiter unavailable, rejecting request: %s", e)
-                return Denied(
-                    503, "rate limiter unavailable", "rate_limiter_unavailable", "limiter_unavailable", _RETRY_1
-                )
-            log.error("rate limiter unavailable, allowing request: %s", e)
-            return None
+            return _store_failed(on_error, metrics_inc, "rate limiter", e)
     if wait > 0:
         return _limited(wait)
+    return None
+
+
+async def within_budget(ledger, on_error: str, metrics_inc, key) -> Denied | None:
+    """The key's daily and monthly token budgets (budgets.py); Redis failures as for the limits."""
+    p = budgets.period()
+    if type(ledger) is budgets.MemoryLedger:
+        today, month = ledger.spent_now(key.name, p)
+    else:
+        try:
+            today, month = await ledger.spent(key.name, p)
+        except Exception as e:  # noqa: BLE001 - Redis down or slow: on_redis_error decides
+            return _store_failed(on_error, metrics_inc, "budget store", e)
+    return budgets.verdict(key, today, month, p)
+
+
+def _store_failed(on_error: str, metrics_inc, what: str, e: Exception) -> Denied | None:
+    metrics_inc()
+    if on_error == "reject":
+        log.error("%s unavailable, rejecting request: %s", what, e)
+        return Denied(503, f"{what} unavailable", "rate_limiter_unavailable", "limiter_unavailable", _RETRY_1)
+    log.error("%s unavailable, allowing request: %s", what, e)
     return None
 
 

@@ -22,6 +22,9 @@ _TYPE = {
     504: "timeout",
 }
 
+# OpenAI gives a few codes a type of their own (a spent budget: type and code insufficient_quota).
+_CODE_TYPE = {"insufficient_quota": "insufficient_quota"}
+
 
 class Denied(NamedTuple):
     """A refusal or failure the client gets as an error answer."""
@@ -34,7 +37,8 @@ class Denied(NamedTuple):
 
 
 def error_body(status: int, message: str, code: str) -> bytes:
-    return json.dumps({"error": {"message": message, "type": _TYPE.get(status, "server_error"), "code": code}}).encode()
+    kind = _CODE_TYPE.get(code) or _TYPE.get(status, "server_error")
+    return json.dumps({"error": {"message": message, "type": kind, "code": code}}).encode()
 
 
 def error_event(status: int, message: str, code: str) -> bytes:

@@ -20,7 +20,7 @@ import time
 from . import auth, selection
 from . import config as C
 from .accesslog import line
-from .admission import Slot, rate_limit, rate_limit_now
+from .admission import Slot, rate_limit, rate_limit_now, within_budget
 from .asgi import AsgiResponder, StreamAborted
 from .context import GONE, HOT, TOO_LARGE, Request
 from .errors import Denied, error_body, error_headers, send_error
@@ -167,6 +167,11 @@ class Gateway(Runtime):
             observe(m.duration, (req.model, req.endpoint), dt)
         if req.upstream_s is not None:
             observe(m.overhead, (req.endpoint,), max(0.0, dt - req.upstream_s), OVERHEAD_BUCKETS)
+        key = req.key
+        if key is not None and (key.daily_tokens or key.monthly_tokens):
+            tokens = (req.prompt_tokens or 0) + (req.completion_tokens or 0)
+            if tokens:
+                self.ledger.charge(key.name, tokens)
         if self.access.enabled:
             self.access.write(line(req, status, dt))
         # every request of a valid key (all when auth is off): a client without one cannot fill the database
@@ -259,6 +264,8 @@ class Gateway(Runtime):
                 refused = rate_limit_now(limiter, key)
             else:
                 refused = await rate_limit(limiter, st.cfg.rate_limit.on_redis_error, self._limiter_error, key)
+            if refused is None and (key.daily_tokens or key.monthly_tokens):
+                refused = await within_budget(self.ledger, st.cfg.rate_limit.on_redis_error, self._limiter_error, key)
             if refused is not None:
                 return await self._deny(out, req, refused)
         if stream and req.endpoint != "embeddings":
@@ -278,6 +285,3 @@ class Gateway(Runtime):
             return refused
         finally:
             slot.release()
-
-    def _limiter_error(self) -> None:
-        inc(self.metrics.limiter_errors, ())

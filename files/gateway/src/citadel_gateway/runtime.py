@@ -11,8 +11,9 @@ import logging
 from . import auth
 from . import config as C
 from .accesslog import AccessLog
+from .budgets import make_ledger
 from .limits import MemoryLimiter, RedisLimiter
-from .metrics import Metrics
+from .metrics import Metrics, inc
 from .records import UsageWriter
 from .state import State
 from .upstream import Pool
@@ -31,11 +32,13 @@ class Runtime:
         self.metrics.state = self.state
         self.pool = Pool(cfg.upstream.connect_timeout_s)
         self.limiter = self._make_limiter(cfg)
+        self.ledger = make_ledger(self.limiter, self._limiter_error)  # token budgets, in the limiter's store
         self.failed_auth = auth.FailedAuthThrottle()
         self.access = AccessLog(log_stream, cfg.server.access_log)
         self.usage = self._make_usage(cfg)
         self.health = None
         self._tasks: set[asyncio.Task] = set()
+        self._handover: asyncio.Task | None = None  # the usage writer being replaced (apply)
 
     def _make_usage(self, cfg: C.Config):
         """The usage writer (records/), or None without usage.database_url."""
@@ -71,7 +74,10 @@ class Runtime:
         if self.health is not None:
             await self.health.stop()
         self.pool.close()
+        await self.ledger.drain()
         await self.limiter.close()
+        if self._handover is not None:
+            await self._handover
         if self.usage is not None:  # after the last request: every event is queued by now
             await self.usage.stop(self.state.cfg.usage.stop_timeout_s)
         self.access.stop()
@@ -89,8 +95,6 @@ class Runtime:
         listener = ("host", "port", "tls_cert_file", "tls_key_file", "metrics_port")
         if any(getattr(cfg.server, f) != getattr(self.state.cfg.server, f) for f in listener):
             log.warning("server.%s changed: the listener keeps its settings until a restart", "/".join(listener))
-        if cfg.usage != self.state.cfg.usage:
-            log.warning("usage changed: the usage writer keeps its settings until a restart")
         self.apply(cfg, version)
         log.warning("config reloaded from %s: %d models, sha256 %s", self.config_path, len(cfg.models), version)
         return True
@@ -101,9 +105,15 @@ class Runtime:
         new = State(cfg, old)
         if cfg.rate_limit != old.cfg.rate_limit:
             prev, self.limiter = self.limiter, self._make_limiter(cfg)
-            t = asyncio.get_running_loop().create_task(prev.close())
-            self._tasks.add(t)
-            t.add_done_callback(self._tasks.discard)
+            prev_ledger, self.ledger = self.ledger, make_ledger(self.limiter, self._limiter_error)
+            self._spawn(self._close_limiter(prev, prev_ledger))
+        if cfg.usage != old.cfg.usage:
+            # the old writer inserts or journals what it holds, then the new one starts (and
+            # replays that journal when the directory is the same); rows meanwhile wait in its queue
+            prev, self.usage = self.usage, self._make_usage(cfg)
+            self._handover = asyncio.get_running_loop().create_task(
+                self._hand_over(self._handover, prev, self.usage, old.cfg.usage.stop_timeout_s)
+            )
         self.pool.connect_timeout = cfg.upstream.connect_timeout_s
         self.access.enabled = cfg.server.access_log
         self.state = new
@@ -113,6 +123,30 @@ class Runtime:
             self.health.router = new.router
             self.health.interval = cfg.health.interval_s
             self.health.timeout = cfg.health.timeout_s
+
+    @staticmethod
+    async def _close_limiter(limiter, ledger) -> None:
+        await ledger.drain()  # its charges use the limiter's connection
+        await limiter.close()
+
+    def _limiter_error(self) -> None:
+        inc(self.metrics.limiter_errors, ())
+
+    def _spawn(self, coro) -> None:
+        t = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
+
+    async def _hand_over(
+        self, prior: asyncio.Task | None, prev: UsageWriter | None, new: UsageWriter | None, timeout: float
+    ) -> None:
+        if prior is not None:  # one hand-over at a time: a journal directory has one owner
+            await prior
+        if prev is not None:
+            await prev.stop(timeout)
+        if new is not None and self.health is not None:  # started: else start() starts it
+            new.start()
+        log.warning("usage writer replaced: %s", "recording" if new is not None else "off")
 
     async def fetch(self, replica, method: str, path: str, body: bytes | None, timeout: float) -> tuple[int, bytes]:
         """One request to a replica outside the hot path (the health checker's probes)."""

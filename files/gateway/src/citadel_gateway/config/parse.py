@@ -111,7 +111,7 @@ def _section(name: str, raw: Any):
 
 
 def _key(path: str, raw: Any) -> ApiKey:
-    m = _map(path, raw, ("name", "sha256", "models", "rpm", "burst", "admin"))
+    m = _map(path, raw, ("name", "sha256", "models", "rpm", "burst", "admin", "daily_tokens", "monthly_tokens"))
     for req in ("name", "sha256"):
         if req not in m:
             raise ConfigError(f"{path}.{req}: required")
@@ -128,6 +128,8 @@ def _key(path: str, raw: Any) -> ApiKey:
         rpm=_num(f"{path}.rpm", m.get("rpm", 1000), integer=True, minimum=1),
         burst=_num(f"{path}.burst", m.get("burst", 100), integer=True, minimum=1),
         admin=_bool(f"{path}.admin", m.get("admin", False)),
+        daily_tokens=_num(f"{path}.daily_tokens", m.get("daily_tokens", 0), integer=True, minimum=0),
+        monthly_tokens=_num(f"{path}.monthly_tokens", m.get("monthly_tokens", 0), integer=True, minimum=0),
     )
 
 

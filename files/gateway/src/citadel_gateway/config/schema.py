@@ -43,6 +43,10 @@ class ApiKey:
     rpm: int = 1000
     burst: int = 100
     admin: bool = False  # may call the admin API (routes/admin.py); sees replica URLs and reasons in the registry
+    # Tokens (prompt + completion, as the upstream reported them) per UTC day and month; 0: no budget.
+    # Shared by every gateway through the rate limiter's store (budgets.py).
+    daily_tokens: int = 0
+    monthly_tokens: int = 0
 
 
 @dataclass(frozen=True)

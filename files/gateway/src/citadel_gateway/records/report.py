@@ -1,7 +1,7 @@
 """``citadel-gateway usage``: the per-model (or per-key) performance report, from PostgreSQL.
 
     citadel-gateway usage --database-url postgresql://citadel_report@DBHOST:5432/citadel_usage \\
-        --password-file FILE [--since 24h] [--by model|key] [--json]
+        --password-file FILE [--since 24h|TIME] [--until TIME] [--by model|key] [--json]
 
 Per model or key over the window: requests, error ratio (5xx or a cut stream), prompt and
 completion tokens, p50/p95 latency, p50 time to first token (streams), and completion tokens per
@@ -32,7 +32,7 @@ SELECT {by} AS name,
        sum(completion_tokens) FILTER (WHERE completion_tokens > 0)
          / nullif(sum(latency_ms) FILTER (WHERE completion_tokens > 0), 0) * 1000 AS tokens_per_s
 FROM citadel.usage_events
-WHERE ts >= $1
+WHERE ts >= $1 AND ts < $2
 GROUP BY 1
 ORDER BY 1
 """
@@ -49,32 +49,51 @@ COLUMNS = (
 )
 
 
-def since(text: str) -> datetime.timedelta:
+def since(text: str) -> datetime.timedelta | datetime.datetime:
+    """An age (30m, 24h, 7d) or a time (ISO 8601 with its offset, e.g. 2026-12-01T09:00:00Z)."""
     m = _SINCE.match(text)
-    if m is None:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a number and m, h or d (e.g. 30m, 24h, 7d)")
-    unit = {"m": "minutes", "h": "hours", "d": "days"}[m.group(2)]
-    return datetime.timedelta(**{unit: int(m.group(1))})
+    if m is not None:
+        unit = {"m": "minutes", "h": "hours", "d": "days"}[m.group(2)]
+        return datetime.timedelta(**{unit: int(m.group(1))})
+    return when(text)
+
+
+def when(text: str) -> datetime.datetime:
+    try:
+        t = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        t = None
+    if t is None or t.tzinfo is None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected an age (30m, 24h, 7d) or a time with its offset (2026-12-01T09:00:00Z)"
+        )
+    return t
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="citadel-gateway usage", description=__doc__.split("\n\n")[0])
     p.add_argument("--database-url", required=True, metavar="URL", help="postgresql://USER@HOST:PORT/DB")
     p.add_argument("--password-file", required=True, metavar="FILE", help="the report role's password")
-    p.add_argument("--since", type=since, default=since("24h"), metavar="AGE", help="window: 30m, 24h, 7d (24h)")
+    p.add_argument(
+        "--since",
+        type=since,
+        default=since("24h"),
+        metavar="AGE|TIME",
+        help="from: an age (30m, 24h, 7d; default 24h) or an ISO 8601 time with its offset",
+    )
+    p.add_argument("--until", type=when, default=None, metavar="TIME", help="to (excluded): ISO 8601 time (now)")
     p.add_argument("--by", choices=("model", "key"), default="model")
     p.add_argument("--json", action="store_true", help="one JSON object per row instead of the table")
     return p
 
 
-async def fetch(url: str, password: str, window: datetime.timedelta, by: str) -> list[dict]:
+async def fetch(url: str, password: str, start: datetime.datetime, end: datetime.datetime, by: str) -> list[dict]:
     import asyncpg
 
     column = {"model": "coalesce(model, requested_model, '-')", "key": "coalesce(key_name, '-')"}[by]
     conn = await asyncpg.connect(url, password=password, timeout=10)
     try:
-        start = datetime.datetime.now(datetime.UTC) - window
-        rows = await conn.fetch(_QUERY.format(by=column), start, timeout=60)
+        rows = await conn.fetch(_QUERY.format(by=column), start, end, timeout=60)
     finally:
         await conn.close()
     # numeric aggregates (avg, sum of integers) come back as Decimal: plain numbers for JSON
@@ -111,8 +130,10 @@ def main(argv: list[str]) -> int:
     except OSError as e:
         print(f"citadel-gateway usage: cannot read {a.password_file}: {e.strerror}", file=sys.stderr)
         return 2
+    end = a.until or datetime.datetime.now(datetime.UTC)
+    start = end - a.since if isinstance(a.since, datetime.timedelta) else a.since
     try:
-        rows = asyncio.run(fetch(a.database_url, password, a.since, a.by))
+        rows = asyncio.run(fetch(a.database_url, password, start, end, a.by))
     except (OSError, TimeoutError) as e:
         print(f"citadel-gateway usage: cannot reach the database: {e}", file=sys.stderr)
         return 1
@@ -123,5 +144,6 @@ def main(argv: list[str]) -> int:
         for r in rows:
             print(json.dumps(r))
     else:
-        print(table(rows, a.by) if rows else f"no requests in the last {a.since}")
+        span = f"{start:%Y-%m-%d %H:%M:%S%z} to {end:%Y-%m-%d %H:%M:%S%z}"
+        print(table(rows, a.by) if rows else f"no requests from {span}")
     return 0

@@ -43,7 +43,8 @@ class UsageWriter:
         self.cfg = cfg  # config.Usage
         self.counts = counts  # metrics: outcome -> events (queued, written, journaled, dropped)
         self.queue: collections.deque[tuple] = collections.deque()
-        self.journal = Journal(cfg.journal_dir, cfg.journal_max_bytes)
+        # Opened by start(): on a reload the writer it replaces still owns the directory until it stopped.
+        self.journal: Journal | None = None
         self._conn: asyncpg.Connection | None = None
         self._retry_at = 0.0
         self._backoff = 1.0
@@ -65,6 +66,7 @@ class UsageWriter:
 
     # -- lifecycle
     def start(self) -> None:
+        self.journal = Journal(self.cfg.journal_dir, self.cfg.journal_max_bytes)
         self._wake = asyncio.Event()
         self._io_lock = asyncio.Lock()
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -72,7 +74,10 @@ class UsageWriter:
     async def stop(self, timeout: float) -> None:
         """Insert what is queued within ``timeout``; journal the rest; close the connection.
         The flusher is let finish its round, never cancelled: a batch it holds is in no queue."""
-        if self._task is not None:
+        if self._task is None:  # never started (replaced by a reload before it began)
+            self.journal = Journal(self.cfg.journal_dir, self.cfg.journal_max_bytes)
+            self._io_lock = asyncio.Lock()
+        else:
             self._closing = True
             self._wake.set()
             await self._task

@@ -1,4 +1,5 @@
-"""The admin API for keys with ``admin: true``: list replicas, drain and undrain them (drain.py).
+"""The admin API for keys with ``admin: true``: list replicas, drain and undrain them (drain.py);
+the keys' token budgets and what they spent, and resetting them (budgets.py).
 
 Built for rolling restarts: drain a host on every gateway, poll until its ``outstanding`` is 0,
 restart, undrain. While auth is off these routes answer 403: draining takes capacity away, and
@@ -9,13 +10,15 @@ loopback-only rule would let in every client of a proxy on the same host).
 from __future__ import annotations
 
 import json
+import logging
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from .. import auth, drain
+from .. import auth, budgets, drain
 from ..errors import Denied, error_body
 
+log = logging.getLogger("citadel_gateway")
 router = APIRouter(prefix="/admin", tags=["admin"])
 
 _SELECTOR_DOC = (
@@ -95,3 +98,59 @@ async def drain_replicas(request: Request) -> Response:
 @router.post("/undrain", summary="Undrain replicas: back in the replica choice", description=_SELECTOR_DOC)
 async def undrain_replicas(request: Request) -> Response:
     return await _set(request, False)
+
+
+def _budget(key, today: int, month: int, p: budgets.Period) -> dict:
+    return {
+        "key": key.name,
+        "daily_tokens": key.daily_tokens or None,
+        "used_today": today,
+        "monthly_tokens": key.monthly_tokens or None,
+        "used_this_month": month,
+        "exhausted": budgets.verdict(key, today, month, p) is not None,
+    }
+
+
+@router.get("/budgets", summary="Every key with a token budget: its budgets and what it spent today and this month")
+async def list_budgets(request: Request) -> Response:
+    admin = _admin(request)
+    if isinstance(admin, Response):
+        return admin
+    gw = request.app.state.gateway
+    p = budgets.period()
+    out = []
+    try:
+        for key in (k for k in gw.state.cfg.auth.keys if budgets.budgeted(k)):
+            out.append(_budget(key, *await gw.ledger.spent(key.name, p), p))
+    except Exception as e:  # noqa: BLE001 - Redis down or slow
+        return _error(503, f"budget store unavailable: {e}", "rate_limiter_unavailable")
+    return JSONResponse({"day": p.day, "month": p.month, "budgets": out})
+
+
+@router.post(
+    "/budgets/reset",
+    summary="Forget what a key spent today and this month",
+    description='JSON body {"key": "<key name>"}. 404 when no key of that name has a budget.',
+)
+async def reset_budget(request: Request) -> Response:
+    admin = _admin(request)
+    if isinstance(admin, Response):
+        return admin
+    try:
+        body = json.loads((await request.body()).decode())
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return _error(400, "request body is not valid JSON", "invalid_json")
+    name = body.get("key") if isinstance(body, dict) else None
+    if not isinstance(name, str):
+        return _error(400, 'expected {"key": "<key name>"}', "invalid_request")
+    gw = request.app.state.gateway
+    key = next((k for k in gw.state.cfg.auth.keys if k.name == name and budgets.budgeted(k)), None)
+    if key is None:
+        return _error(404, f"no key named {name!r} has a token budget", "key_not_found")
+    try:
+        await gw.ledger.reset(name)
+    except Exception as e:  # noqa: BLE001
+        return _error(503, f"budget store unavailable: {e}", "rate_limiter_unavailable")
+    log.warning("budget of key %r reset by %r", name, admin.name)
+    p = budgets.period()
+    return JSONResponse(_budget(key, 0, 0, p))
