@@ -6,7 +6,9 @@ runs them; unit start and stop times come from systemd on each LLM host.
 
 import json
 import os
+import shlex
 import subprocess
+import time
 import urllib.request
 from pathlib import Path
 
@@ -70,3 +72,49 @@ def admin_replicas(query: str = "", port: int = 8000) -> dict:
     )
     with urllib.request.urlopen(req, timeout=10) as resp:
         return json.loads(resp.read())
+
+
+def psql(sql: str, role: str | None = None) -> tuple[int, str]:
+    """``sql`` on the usage database (the lab's database host) as the postgres superuser, or as
+    ``role`` through SET ROLE; its exit status and output (unaligned, tuples only)."""
+    if role is not None:
+        sql = f"SET ROLE {role}; {sql}"
+    (db,) = lab_inventory.names("database")
+    out = host(db).run(
+        f"runuser -u postgres -- psql -X -A -t -q -v ON_ERROR_STOP=1 -d citadel_usage -c {shlex.quote(sql)}"
+    )
+    return out.rc, (out.stdout + out.stderr).strip()
+
+
+USAGE_COLUMNS = ("request_id", "key_name", "model", "status", "prompt_tokens", "completion_tokens", "cut")
+
+
+def usage_rows(prefix: str, want: int, timeout: float = 30) -> list[dict]:
+    """The usage rows whose request id starts with ``prefix``, once there are ``want`` of them
+    (the gateways insert every second) or ``timeout`` passed."""
+    sql = f"SELECT {', '.join(USAGE_COLUMNS)} FROM citadel.usage_events WHERE request_id LIKE '{prefix}%'"
+    deadline = time.monotonic() + timeout
+    while True:
+        rc, out = psql(sql)
+        assert rc == 0, out
+        rows = [dict(zip(USAGE_COLUMNS, ln.split("|"), strict=True)) for ln in out.splitlines() if ln]
+        if len(rows) >= want or time.monotonic() > deadline:
+            return rows
+        time.sleep(1)
+
+
+def usage_report(*args: str) -> list[dict]:
+    """`citadel-gateway usage --json ARGS` from the controller (an operator's workstation: one of
+    the lab's admin sources), as the report role, against the lab's database host."""
+    venv = CACHE / "gateway-venv"
+    subprocess.run([str(REPO / "files/gateway/scripts/venv.sh")], env={**os.environ, "GATEWAY_VENV": str(venv)},
+                   check=True, capture_output=True, timeout=600)  # fmt: skip
+    (db,) = lab_inventory.names("database")
+    url = f"postgresql://citadel_report@{lab_inventory.address(db)}:5432/citadel_usage"
+    password = CACHE / "lab-postgresql-report-password"
+    run = subprocess.run(
+        [str(venv / "bin/citadel-gateway"), "usage", "--database-url", url, "--password-file", str(password),
+         "--json", *args], capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    return [json.loads(ln) for ln in run.stdout.splitlines()]

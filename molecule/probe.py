@@ -5,7 +5,9 @@ operation runs: half the workers send non-streamed chats, half streamed ones.
 A non-streamed request counts as ok only with a 200 and a chat completion body;
 a stream only with a 200, at least one content chunk, `data: [DONE]` and a
 clean end of the chunked body. Everything else is recorded with its time and
-what was seen, so a failing test says what broke and when.
+what was seen, so a failing test says what broke and when. Every request
+carries an `X-Request-Id` of `<prefix>-<n>`, the id of its usage row: the report
+keeps the ids of those that succeeded.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import json
 import ssl
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 
 
@@ -22,6 +25,7 @@ from dataclasses import dataclass, field
 class Report:
     ok: dict = field(default_factory=lambda: {"plain": 0, "stream": 0})
     failed: list = field(default_factory=list)  # (seconds since start, kind, what)
+    ids: list = field(default_factory=list)  # X-Request-Id of every request that succeeded
     seconds: float = 0.0
 
     @property
@@ -56,6 +60,8 @@ class Probe:
         self.key, self.host, self.port, self.model, self.tls = key, host, port, model, tls
         self.workers, self.max_s, self.max_requests, self.timeout_s = workers, max_s, max_requests, timeout_s
         self.report = Report()
+        self.prefix = f"probe-{uuid.uuid4().hex[:12]}"
+        self._seq = 0
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
@@ -81,19 +87,22 @@ class Probe:
             with self._lock:
                 if self.report.total >= self.max_requests:
                     return
+                self._seq += 1
+                rid = f"{self.prefix}-{self._seq}"
             try:
-                what = self._stream() if stream else self._plain()
+                what = self._stream(rid) if stream else self._plain(rid)
             except (OSError, http.client.HTTPException, ValueError) as e:
                 what = f"{type(e).__name__}: {e}"
             with self._lock:
                 if what is None:
                     self.report.ok[kind] += 1
+                    self.report.ids.append(rid)
                 else:
                     self.report.failed.append((time.monotonic() - self._t0, kind, what))
             if what is not None:
                 time.sleep(0.2)  # a failing gateway is not hammered
 
-    def _request(self, stream: bool) -> http.client.HTTPResponse:
+    def _request(self, stream: bool, rid: str) -> http.client.HTTPResponse:
         body = {
             "model": self.model,
             "messages": [{"role": "user", "content": "Name a colour."}],
@@ -109,13 +118,13 @@ class Probe:
             "POST",
             "/v1/chat/completions",
             json.dumps(body),
-            {"Authorization": f"Bearer {self.key}", "Content-Type": "application/json"},
+            {"Authorization": f"Bearer {self.key}", "Content-Type": "application/json", "X-Request-Id": rid},
         )
         return conn.getresponse()
 
-    def _plain(self) -> str | None:
+    def _plain(self, rid: str) -> str | None:
         """None when the answer is a complete chat completion, else what was wrong."""
-        resp = self._request(False)
+        resp = self._request(False, rid)
         raw = resp.read()
         if resp.status != 200:
             return f"HTTP {resp.status} {raw[:200]!r}"
@@ -124,10 +133,10 @@ class Probe:
             return f"incomplete body {raw[:200]!r}"
         return None
 
-    def _stream(self) -> str | None:
+    def _stream(self, rid: str) -> str | None:
         """None when the stream is complete (content chunks, [DONE], clean end), else what was wrong.
         A chunked body cut short raises IncompleteRead in read(): recorded by the caller."""
-        resp = self._request(True)
+        resp = self._request(True, rid)
         if resp.status != 200:
             return f"HTTP {resp.status} {resp.read()[:200]!r}"
         events = [line[6:] for line in resp.read().decode().splitlines() if line.startswith("data: ")]

@@ -184,6 +184,17 @@ TEST_KEY = {"name": "test", "key": "preflight-test-key-0123456789", "models": ["
             ],
         ),
         (
+            {"llm_gateway_usage_password": ""},
+            [
+                "Usage rows go to 'postgresql://***@127.0.0.1:5432/citadel_usage'",
+                "llm_gateway_usage_password must hold",
+            ],
+        ),
+        (
+            {"llm_gateway_usage_database_url": "postgresql://citadel_gateway:shortpw@db:5432/citadel_usage"},
+            ["Usage rows go to 'postgresql://***@db:5432/citadel_usage'", "no password in it"],
+        ),
+        (
             {"postgresql_report_sources": ["admin-host.example"]},
             ["postgresql_report_sources has entries that are not IP addresses", "admin-host.example"],
         ),

@@ -1,6 +1,7 @@
 """The gateways restart for a new package without refusing a connection (systemd socket activation
 holds the listening socket; the old process drains), one host at a time, under a probe load on
-each gateway that counts every request."""
+each gateway that counts every request — and every request's usage row reaches PostgreSQL (the
+stopping process inserts or journals what it holds, the next one replays the journal)."""
 
 import contextlib
 import shutil
@@ -59,3 +60,6 @@ def test_gateway_package_change_restarts_every_gateway_without_refusing_under_lo
         assert before[name] < changed[name] < after[name], f"{name} did not restart twice"
     for name, p in zip(GATEWAYS, probes, strict=True):
         assert p.report.clean(), f"{name}: {p.report}"
+    for name, p in zip(GATEWAYS, probes, strict=True):
+        ids = [r["request_id"] for r in lab_ops.usage_rows(p.prefix, len(p.report.ids))]
+        assert sorted(ids) == sorted(p.report.ids), f"{name}: usage rows lost or doubled across two restarts"

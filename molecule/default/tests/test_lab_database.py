@@ -7,22 +7,13 @@ import shlex
 
 import lab_inventory
 import testinfra
-from lab_ops import CACHE
+from lab_ops import CACHE, psql
 
 (DB,) = lab_inventory.names("database")
 GATEWAYS = lab_inventory.names("llm_gateway")
 HOST = testinfra.get_host(f"podman://{DB}")
 AHEAD = 7  # postgresql_usage_partitions_ahead_days (the role's default)
 RETENTION = 90  # postgresql_usage_retention_days
-
-
-def psql(sql: str, role: str | None = None) -> tuple[int, str]:
-    """``sql`` on the usage database as the postgres superuser (as ``role`` with SET ROLE)."""
-    if role is not None:
-        sql = f"SET ROLE {role}; {sql}"
-    cmd = f"runuser -u postgres -- psql -X -A -t -q -v ON_ERROR_STOP=1 -d citadel_usage -c {shlex.quote(sql)}"
-    out = HOST.run(cmd)
-    return out.rc, (out.stdout + out.stderr).strip()
 
 
 def _today() -> datetime.date:

@@ -1,6 +1,8 @@
-"""Usage through the lab gateway, from the real vLLM servers: every request's access-log line
-carries the tokens vLLM reported, and a streamed client that did not ask for usage gets none."""
+"""Usage through the lab gateway, from the real vLLM servers: every request's access-log line and
+its one row in PostgreSQL carry the tokens vLLM reported, a streamed client that did not ask for
+usage gets none, and no row is lost while PostgreSQL is away under load."""
 
+import contextlib
 import json
 import time
 import uuid
@@ -9,6 +11,7 @@ import lab_inventory
 import lab_ops
 import openai
 from lab_ops import API_KEY, CACHE
+from probe import Probe
 
 # the plain-HTTP gateway (the HTTPS one's clients are test_gateway_tls.py's)
 GATEWAY = next(n for n in lab_inventory.names("llm_gateway") if lab_inventory.gateway_tls(n) is None)
@@ -20,8 +23,11 @@ def _client(key: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{lab_inventory.gateway_url(GATEWAY)}/v1", api_key=key, timeout=120, max_retries=0)
 
 
+RUN = f"usage-{uuid.uuid4().hex[:8]}"  # this run's request ids: RUN-<n>
+
+
 def _rid() -> dict:
-    return {"X-Request-Id": f"usage-{uuid.uuid4().hex[:12]}"}
+    return {"X-Request-Id": f"{RUN}-{uuid.uuid4().hex[:12]}"}
 
 
 def _log_lines(rids: set[str], timeout: float = 15) -> dict[str, dict]:
@@ -69,11 +75,13 @@ def test_every_request_logs_the_tokens_vllm_reported():
     assert len(usages) == 1, "a client that asked for usage gets it once"
     u = usages[0]
     want[asked["X-Request-Id"]] = ("lab", "smollm2-135m", u.prompt_tokens, u.completion_tokens)
-    chunks = list(
-        lab.chat.completions.create(
-            model="smollm2-135m", messages=PROMPT, max_tokens=12, temperature=0, stream=True, extra_headers=plain
-        )
+    t0 = time.perf_counter()
+    stream = lab.chat.completions.create(
+        model="smollm2-135m", messages=PROMPT, max_tokens=12, temperature=0, stream=True, extra_headers=plain
     )
+    chunks = [next(stream)]
+    client_ttft_ms = (time.perf_counter() - t0) * 1000  # to the first chunk, as the client saw it
+    chunks += list(stream)
     assert chunks, "the stream arrived"
     assert all(c.usage is None for c in chunks), "the client did not ask for usage: it gets no usage chunk"
     assert all(c.choices for c in chunks), "no chunk without choices (the usage event) reached the client"
@@ -88,3 +96,43 @@ def test_every_request_logs_the_tokens_vllm_reported():
     assert got == want
     assert all(lines[r]["ttft_ms"] > 0 for r in (asked["X-Request-Id"], plain["X-Request-Id"]))
     assert {rec["status"] for rec in lines.values()} == {200}
+
+    rows = lab_ops.usage_rows(RUN, len(want))
+    assert len(rows) == len(want), f"one row per request: {len(rows)} rows for {len(want)} requests"
+    stored = {
+        r["request_id"]: (r["key_name"], r["model"], int(r["prompt_tokens"]), int(r["completion_tokens"])) for r in rows
+    }
+    assert stored == want, "each row holds the tokens vLLM reported"
+    assert {(r["status"], r["cut"]) for r in rows} == {("200", "f")}
+    rc, ttft = lab_ops.psql(f"SELECT ttft_ms FROM citadel.usage_events WHERE request_id = '{plain['X-Request-Id']}'")
+    assert rc == 0, ttft
+    # the gateway's time to the first byte it relayed: within the client's, a little earlier
+    assert client_ttft_ms - 50 <= float(ttft) <= client_ttft_ms, (ttft, client_ttft_ms)
+
+
+def test_postgresql_away_60s_under_load_fails_no_request_and_loses_no_row():
+    """PostgreSQL stopped for 60 s while every gateway serves a probe load: no request fails,
+    the rows wait in each gateway's journal, and once the database is back every request is
+    exactly one row."""
+    (db,) = lab_inventory.names("database")
+    on = lab_ops.host(db)
+    with contextlib.ExitStack() as stack:
+        probes = [
+            stack.enter_context(
+                Probe(API_KEY, port=lab_inventory.published_port(n, 8000), workers=2, tls=lab_inventory.gateway_tls(n))
+            )
+            for n in lab_inventory.names("llm_gateway")
+        ]
+        time.sleep(3)
+        assert on.run("systemctl stop postgresql").rc == 0
+        try:
+            time.sleep(60)
+        finally:
+            assert on.run("systemctl start postgresql").rc == 0
+        time.sleep(3)
+    for p in probes:
+        assert p.report.clean(), str(p.report)
+    ids = [i for p in probes for i in p.report.ids]
+    # the writers retry with a backoff that reached 30 s while the database was away
+    got = [r["request_id"] for p in probes for r in lab_ops.usage_rows(p.prefix, len(p.report.ids), timeout=60)]
+    assert sorted(got) == sorted(ids), f"{len(got)} rows for {len(ids)} requests"

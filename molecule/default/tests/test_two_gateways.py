@@ -1,5 +1,5 @@
-"""Two gateways behind a balancer enforce one key's rate limit together: their token buckets live
-in the lab's Redis (on citadel-monitor-01, password from a systemd credential)."""
+"""Two gateways behind a balancer enforce one key's rate limit and token budget together: their
+token buckets and budget counts live in the lab's Redis (on citadel-monitor-01)."""
 
 import json
 import math
@@ -17,22 +17,55 @@ from lab_ops import CACHE
 GATEWAYS = lab_inventory.names("llm_gateway")
 
 LIMITED_KEY = (CACHE / "lab-gateway-limited-key").read_text().strip()
+BUDGET_KEY = (CACHE / "lab-gateway-budget-key").read_text().strip()  # lab-budget: 100 tokens a day
 REDIS_PASSWORD = (CACHE / "lab-redis-password").read_text().strip()
 # The lab-limited key (inventory/lab/group_vars/llm_gateway/gateway.yml).
 RPM, BURST = 6, 10
 
 
-def embed(gateway: str) -> tuple[int, Message, dict]:
+def embed(gateway: str, key: str = LIMITED_KEY, text: str = "hello") -> tuple[int, Message, dict]:
+    return call(gateway, "/v1/embeddings", key, {"model": "all-minilm-l6-v2", "input": text})
+
+
+def call(gateway: str, path: str, key: str, body: dict | None = None) -> tuple[int, Message, dict]:
     req = urllib.request.Request(
-        f"{lab_inventory.gateway_url(gateway)}/v1/embeddings",
-        data=json.dumps({"model": "all-minilm-l6-v2", "input": "hello"}).encode(),
-        headers={"Authorization": f"Bearer {LIMITED_KEY}", "Content-Type": "application/json"},
+        f"{lab_inventory.gateway_url(gateway)}{path}",
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
     )
     try:
         with urllib.request.urlopen(req, timeout=30, context=lab_inventory.gateway_tls(gateway)) as resp:
             return resp.status, resp.headers, json.loads(resp.read())
     except urllib.error.HTTPError as e:
         return e.code, e.headers, json.loads(e.read())
+
+
+def test_a_budget_spent_through_one_gateway_is_refused_by_the_other():
+    """lab-budget spends its 100 tokens a day through the first gateway, and the second (HTTPS,
+    another host) refuses it with OpenAI's insufficient_quota; the admin view shows it spent on
+    both; a reset on one gives it back on both."""
+    first, second = GATEWAYS
+    assert call(first, "/admin/budgets/reset", lab_ops.ADMIN_KEY, {"key": "lab-budget"})[0] == 200
+    text = "The quick brown fox jumps over the lazy dog."
+    answers = []
+    while not answers or answers[-1][0] == 200:
+        assert len(answers) < 40, "100 tokens never ran out"
+        answers.append(embed(first, BUDGET_KEY, text))
+    spent = sum(body["usage"]["prompt_tokens"] for status, _, body in answers if status == 200)
+    assert spent >= 100, answers
+    assert len(answers) > 1, answers
+    status, headers, body = answers[-1]
+    assert (status, body["error"]["code"], body["error"]["type"]) == (429, "insufficient_quota", "insufficient_quota")
+    status, headers, body = embed(second, BUDGET_KEY, text)
+    assert (status, body["error"]["code"]) == (429, "insufficient_quota"), body
+    assert f"daily token budget ({spent} of 100 tokens)" in body["error"]["message"]
+    assert 1 <= int(headers["Retry-After"]) <= 86400
+    status, _, view = call(second, "/admin/budgets", lab_ops.ADMIN_KEY)
+    assert status == 200
+    (budget,) = [b for b in view["budgets"] if b["key"] == "lab-budget"]
+    assert (budget["used_today"], budget["exhausted"]) == (spent, True)
+    assert call(second, "/admin/budgets/reset", lab_ops.ADMIN_KEY, {"key": "lab-budget"})[0] == 200
+    assert embed(first, BUDGET_KEY, text)[0] == 200
 
 
 def redis(*command: str) -> str:
@@ -83,7 +116,7 @@ def test_redis_refuses_clients_without_the_password_and_no_config_holds_it():
     for gw in GATEWAYS:
         on = lab_ops.host(gw)
         config = on.file("/etc/citadel/gateway/config.yml").content_string
-        assert "redis_password_file: /etc/citadel/gateway/redis-password" in config
+        assert "redis_password_file: /etc/citadel/gateway/secrets/redis-password" in config
         assert REDIS_PASSWORD not in config
-        secret = on.file("/etc/citadel/gateway/redis-password")
+        secret = on.file("/etc/citadel/gateway/secrets/redis-password")
         assert (secret.user, secret.group, secret.mode) == ("root", "citadel-gateway", 0o640)

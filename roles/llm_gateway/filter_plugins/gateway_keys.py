@@ -4,7 +4,7 @@ MIN_KEY_LENGTH = 16
 
 
 def gateway_public_keys(keys):
-    """[{name, key_ok, models}] for each configured key; the key itself is dropped."""
+    """[{name, key_ok, models, budgets_ok}] for each configured key; the key itself is dropped."""
     public = []
     for index, entry in enumerate(keys or []):
         entry = entry if isinstance(entry, dict) else {}
@@ -14,6 +14,11 @@ def gateway_public_keys(keys):
                 "name": entry.get("name") or f"#{index}",
                 "key_ok": isinstance(key, str) and len(key) >= MIN_KEY_LENGTH,
                 "models": entry.get("models", ["*"]),
+                # token budgets: absent, or whole numbers >= 0 (0: none)
+                "budgets_ok": all(
+                    isinstance(entry.get(b, 0), int) and not isinstance(entry.get(b, 0), bool) and entry.get(b, 0) >= 0
+                    for b in ("daily_tokens", "monthly_tokens")
+                ),
             }
         )
     return public
