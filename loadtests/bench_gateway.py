@@ -36,7 +36,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from bench import paired
+from bench import paired, usage_db
 from bench.peers import PEERS, Peer, Where
 from bench.report import (
     evaluate,
@@ -272,14 +272,18 @@ def start_stub(args, logdir: Path) -> tuple[Service, str]:
     return svc, base
 
 
-def start_gateway(args, exe: str, stub: str, key: str, logdir: Path, tls: bool = False) -> Target:
+def start_gateway(
+    args, exe: str, stub: str, key: str, logdir: Path, tls: bool = False, usage: str | None = None, name: str = ""
+) -> Target:
     """Ours with every hot-path feature on; ``tls``: the same over HTTPS (gateway-tls), with a
-    certificate from lab/tls.sh that the harness's clients trust (TLS)."""
-    name = "gateway-tls" if tls else "gateway"
+    certificate from lab/tls.sh that the harness's clients trust (TLS); ``usage``: the config's
+    usage section (bench/usage_db.py), None for none."""
+    name = name or ("gateway-tls" if tls else "gateway")
     port = free_port()
     tmpl = string.Template((HERE / "bench/gateway.yaml.tmpl").read_text())
     cfg = logdir / f"{name}.yaml"
     text = tmpl.substitute(port=port, key_sha256=hashlib.sha256(key.encode()).hexdigest(), model=MODEL, stub_url=stub)
+    text += usage or ""
     if tls:
         pki = logdir / "tls"
         subprocess.run([str(ROOT / "lab/tls.sh"), str(pki), "IP:127.0.0.1"], check=True)
@@ -551,6 +555,11 @@ def parse_args() -> argparse.Namespace:
         p.add_argument(f"--no-{name}", action="store_true", help=f"leave out {name}")
     p.add_argument("--no-tls", action="store_true", help="leave out gateway-tls (ours over HTTPS)")
     p.add_argument(
+        "--no-usage",
+        action="store_true",
+        help="ours without usage records in PostgreSQL, and no gateway-nousage (the accounting's cost)",
+    )
+    p.add_argument(
         "--no-bare",
         action="store_true",
         help="leave out the bare reference proxy (FastAPI + aiohttp, bench/bare_proxy.py)",
@@ -637,12 +646,12 @@ def run_rounds(args, targets: list[Target], key: str, stub: Service, concs: list
     return runs, stream_runs, paired_runs
 
 
-def check_hardening(gw: Target, key: str, logdir: Path, served: int) -> dict:
+def check_hardening(gw: Target, key: str, logdir: Path, served: int, db) -> dict:
     """After the runs: was everything on in the gateway while it was measured?
 
-    Auth (a request without a key is refused), metrics and access log (each saw at least the
-    `served` requests wrk and the stream client completed through it), per-key limits and
-    admission set high enough that nothing was rejected (llm_rejections_total stays 0).
+    Auth (a request without a key is refused), metrics, access log and usage records (each saw
+    at least the `served` requests wrk and the stream client completed through it), per-key
+    limits and admission set high enough that nothing was rejected (llm_rejections_total stays 0).
     """
     _, text = http("GET", gw.base + "/metrics", timeout=10)
 
@@ -665,8 +674,11 @@ def check_hardening(gw: Target, key: str, logdir: Path, served: int) -> dict:
         problems.append(f"llm_rejections_total {rejected:.0f}")
     if logged < served:
         problems.append(f"{logged} access log lines < {served} served")
+    recorded = usage_db.rows(db, gw.name, served) if db is not None else None
+    if db is not None and recorded < served:
+        problems.append(f"{recorded} usage rows < {served} served")
     return {"served": served, "metered": metered, "rejected": rejected or 0, "access_lines": logged,
-            "no_key_status": no_key, "problems": problems}  # fmt: skip
+            "usage_rows": recorded, "no_key_status": no_key, "problems": problems}  # fmt: skip
 
 
 def main() -> int:
@@ -708,17 +720,19 @@ def main() -> int:
         "gateway": None,
         "versions": {pr.name: pr.version(CACHE) for pr in args.peer_list},
         "kinds": {pr.name: pr.kind for pr in args.peer_list}
-        | {"gateway": "ours", "gateway-tls": "ours", "bare": "reference"},
+        | {"gateway": "ours", "gateway-tls": "ours", "gateway-nousage": "ours", "bare": "reference"},
         "left_out": args.left_out,
         "logdir": str(logdir),
     }
     t_start = time.monotonic()
-    hard = profile = None
+    hard = profile = db = None
     try:
         stub, stub_base = start_stub(args, logdir)
         targets = [Target("direct", stub_base, None)]
         if gw_exe:
-            gw = start_gateway(args, gw_exe, stub_base, key, logdir)
+            db = None if args.no_usage else usage_db.start(free_port())
+            usage = usage_db.config(db, logdir, "gateway") if db is not None else None
+            gw = start_gateway(args, gw_exe, stub_base, key, logdir, usage=usage)
             targets.append(gw)
             meta["gateway"] = {
                 "exe": gw_exe,
@@ -727,8 +741,12 @@ def main() -> int:
             }
             meta["versions"]["gateway"] = meta["gateway"]["version"]
             if not args.no_tls:
-                targets.append(start_gateway(args, gw_exe, stub_base, key, logdir, tls=True))
+                usage = usage_db.config(db, logdir, "gateway-tls") if db is not None else None
+                targets.append(start_gateway(args, gw_exe, stub_base, key, logdir, tls=True, usage=usage))
                 meta["versions"]["gateway-tls"] = meta["gateway"]["version"]
+            if db is not None:
+                targets.append(start_gateway(args, gw_exe, stub_base, key, logdir, name="gateway-nousage"))
+                meta["versions"]["gateway-nousage"] = meta["gateway"]["version"]
         else:
             print("gateway: citadel-gateway not found (make the gateway venv: files/gateway/scripts/venv.sh)")
         if not args.no_bare:
@@ -746,7 +764,7 @@ def main() -> int:
             served = sum(r["requests"] for r in runs if r["target"] == "gateway")
             served += sum(r["requests"] for r in paired_runs if r["target"] == "gateway")
             served += sum(s["streams"] - s["errors"] for s in stream_runs if s["target"] == "gateway")
-            hard = check_hardening(gw, key, logdir, served)
+            hard = check_hardening(gw, key, logdir, served, db)
         if args.profile and gw_exe:
             profile = profile_gateway(args, gw, stub, key, logdir)
         for t in targets[1:]:
@@ -754,6 +772,8 @@ def main() -> int:
     finally:
         for svc in reversed(Service.started):
             svc.stop()
+        if db is not None:
+            db.close()
 
     names = [t.name for t in targets]
     summary, ssum = summarize(runs, stream_runs, names, concs)

@@ -17,6 +17,7 @@ TARGET_VS_LITELLM = 20.0  # gateway req/s >= 20x LiteLLM's at c=64
 TARGET_TTFC_ADDED_MS = 2.0  # first SSE chunk, gateway - direct, c=1
 TARGET_GAP_TOL_MS = 1.0  # median inter-chunk gap through the gateway vs as sent (direct)
 TARGET_VS_SLOW = 5.0  # gateway req/s >= 5x the best Python/Node gateway's (LiteLLM, Portkey) at c=64
+TARGET_USAGE_US = 10.0  # usage rows in PostgreSQL: gateway - gateway-nousage CPU per request at c=64
 # And against the best Rust router (vllm-router, sglang-router): CPU per request (c=64) and
 # added p99 at c=1 no worse than its; the gateway with everything on while measured.
 # The targets were set where the bare FastAPI + aiohttp proxy made 21 % of direct at
@@ -151,6 +152,21 @@ def evaluate(args, summary: dict, ssum: dict, table: list[dict], concs: list[int
             added <= TARGET_ADDED_P50_MS,
             f"{summary['gateway/c1']['p50_ms']:.3f} - {summary['direct/c1']['p50_ms']:.3f} = {added:.3f} ms",
         )
+
+    # The accounting (usage rows in PostgreSQL): ours with it against ours without, same rounds.
+    if f"gateway-nousage/c{top_c}" in summary:
+        off = summary[f"gateway-nousage/c{top_c}"]
+        cost = cpu - off["cpu_us_per_req"]
+        per_round = [a - b for a, b in zip(g["cpu_rounds"], off["cpu_rounds"], strict=True)]
+        check(
+            f"usage records add <= {TARGET_USAGE_US:.0f} us CPU/request (c={top_c})",
+            cost,
+            cost <= TARGET_USAGE_US,
+            f"{cpu:.0f} - {off['cpu_us_per_req']:.0f} (gateway-nousage) = {cost:+.1f} us"
+            f" (rounds: {'/'.join(f'{v:+.1f}' for v in per_round)})",
+        )
+    else:
+        check(f"usage records add <= {TARGET_USAGE_US:.0f} us CPU/request", None, None, "left out (--no-usage)")
 
     # Against the routers users would pick instead (bench/peers.py).
     rust = [r for r in table if r["kind"] == "rust"]
