@@ -725,7 +725,7 @@ def main() -> int:
         "logdir": str(logdir),
     }
     t_start = time.monotonic()
-    hard = profile = db = None
+    hard = profile = db = cost = None
     try:
         stub, stub_base = start_stub(args, logdir)
         targets = [Target("direct", stub_base, None)]
@@ -765,6 +765,8 @@ def main() -> int:
             served += sum(r["requests"] for r in paired_runs if r["target"] == "gateway")
             served += sum(s["streams"] - s["errors"] for s in stream_runs if s["target"] == "gateway")
             hard = check_hardening(gw, key, logdir, served, db)
+            if db is not None:
+                cost = usage_db.cost(db, gw_exe, logdir)
         if args.profile and gw_exe:
             profile = profile_gateway(args, gw, stub, key, logdir)
         for t in targets[1:]:
@@ -779,7 +781,7 @@ def main() -> int:
     summary, ssum = summarize(runs, stream_runs, names, concs)
     table = systems_table(summary, ssum, names, concs, meta, paired_added(paired_runs))
     report(args, summary, ssum, table, names, concs)
-    checks = evaluate(args, summary, ssum, table, concs, hard)
+    checks = evaluate(args, summary, ssum, table, concs, hard, cost)
     print_targets(checks, summary, names, concs)
     if profile:
         print_profile(profile)
@@ -792,6 +794,7 @@ def main() -> int:
         "summary": summary,
         "streams": ssum,
         "hardening": hard,
+        "usage_cost": cost,
         "targets": checks,
         "profile": profile,
         "runs": runs,

@@ -9,6 +9,8 @@ for a real PostgreSQL on this machine, not two.
 
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -41,3 +43,17 @@ def rows(db: PgServer, name: str, want: int, timeout: float = 15) -> int:
         if n >= want or time.monotonic() > deadline:
             return n
         time.sleep(0.5)
+
+
+def cost(db: PgServer, gateway_exe: str, logdir: Path) -> dict:
+    """usage_cost.py with the gateway's own Python: the records' CPU per request."""
+    python = Path(gateway_exe).parent / "python"
+    time.sleep(3)  # the database digests the rounds' rows first: it shares these cores
+    secret = logdir / "usage-password"
+    run = subprocess.run(
+        [str(python), str(Path(__file__).parent / "usage_cost.py"), db.url, str(secret), str(logdir / "cost-journal")],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    if run.returncode != 0:
+        raise RuntimeError(f"usage_cost.py failed: {run.stderr[-2000:]}")
+    return json.loads(run.stdout)

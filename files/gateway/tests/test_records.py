@@ -89,6 +89,13 @@ def test_every_request_is_one_row_with_the_upstreams_tokens(pg, usage_cfg, gatew
     assert pg.psql("SELECT count(DISTINCT event_id), min(gateway), max(gateway) FROM citadel.usage_events") == (
         f"{len(rows)}|gw-test|gw-test"
     )
+    # times travel as integer microseconds: back as timestamps and milliseconds
+    times = (
+        "SELECT bool_and(ts BETWEEN now() - interval '1 minute' AND now()), "
+        "bool_and(latency_ms > 0 AND latency_ms < 10000), count(ttft_ms), "
+        "bool_and(ttft_ms > 0 AND ttft_ms <= latency_ms) FROM citadel.usage_events"
+    )
+    assert pg.psql(times) == "t|t|1|t", "the stream alone has a time to first token, within its latency"
 
 
 def _load(g, seconds: float, clients: int) -> tuple[list, list]:

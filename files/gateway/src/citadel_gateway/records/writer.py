@@ -4,9 +4,12 @@
   ``queue_max`` rows (size it above the request rate times ``insert_timeout_s``); a row beyond
   it is dropped and counted.
 - The flusher wakes every ``flush_interval_s`` or when a batch is full. It replays the journal
-  first (the order holds), then inserts what is queued, ``batch_size`` rows per statement: one
-  ``INSERT ... SELECT FROM unnest(arrays) ON CONFLICT DO NOTHING`` (the gateway's role may only
-  INSERT; a replayed batch that was partly written inserts nothing twice).
+  first (the order holds), then inserts what is queued, ``batch_size`` rows per statement: the
+  batch as one JSON text, ``INSERT ... SELECT FROM json_array_elements($1) ON CONFLICT DO
+  NOTHING`` (the gateway's role may only INSERT; a replayed batch that was partly written inserts
+  nothing twice). One ``json.dumps`` per batch is the cheapest encoding measured here: about
+  2 us of the gateway's CPU per row, where asyncpg's array parameters (one per column) took
+  12-19 us and its binary COPY about 5 us; the database does the parsing.
 - The database away (connect or insert fails, or takes longer than its timeout): the batch goes
   to the journal, and the next connection attempt waits (1 s doubling to 30 s); until then every
   full batch goes to the journal too. Dropped only when the journal is full (logged, counted).
@@ -22,20 +25,33 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import datetime
+import json
 import logging
 import time
 
 import asyncpg
 
-from .event import COLUMNS, TYPES
+from .event import COLUMNS, MICROSECONDS, TYPES
 from .journal import Journal
 
 log = logging.getLogger("citadel_gateway")
-_INSERT = "INSERT INTO citadel.usage_events ({}) SELECT * FROM unnest({}) ON CONFLICT DO NOTHING".format(
-    ", ".join(COLUMNS), ", ".join(f"${i}::{t}[]" for i, t in enumerate(TYPES, 1))
+
+
+def _read(i: int, column: str, kind: str) -> str:
+    """SQL reading column ``column`` from the row's JSON array ``e``, element ``i``."""
+    value = f"(e->>{i})"
+    if column == "ts":
+        return f"to_timestamp({value}::float8 / 1e6)"
+    if column in MICROSECONDS:
+        return f"{value}::float8 / 1000"
+    return f"{value}::{kind}"
+
+
+_INSERT = (
+    f"INSERT INTO citadel.usage_events ({', '.join(COLUMNS)}) "
+    f"SELECT {', '.join(_read(i, c, t) for i, (c, t) in enumerate(zip(COLUMNS, TYPES, strict=True)))} "
+    "FROM json_array_elements($1::json) AS e ON CONFLICT DO NOTHING"
 )
-_UTC = datetime.UTC
 
 
 class UsageWriter:
@@ -152,10 +168,8 @@ class UsageWriter:
         conn = await self._connection()
         if conn is None:
             return False
-        columns = list(zip(*batch, strict=True))
-        columns[0] = [datetime.datetime.fromtimestamp(t, _UTC) for t in columns[0]]
         try:
-            await conn.execute(_INSERT, *columns, timeout=self.cfg.insert_timeout_s)
+            await conn.execute(_INSERT, json.dumps(batch, separators=(",", ":")), timeout=self.cfg.insert_timeout_s)
         except Exception as e:  # noqa: BLE001 - any failure (asyncpg has client errors outside its
             # PostgresError/InterfaceError tree, e.g. a connection lost mid-protocol): the batch is
             # journaled, and a replay of a batch the server did commit inserts nothing twice

@@ -50,6 +50,17 @@ def _admin(request: Request):
     return verdict
 
 
+async def _admin_with_body(request: Request):
+    """(the admin key, the request's JSON body), or the error answer (``_admin``'s, or 400)."""
+    key = _admin(request)
+    if isinstance(key, Response):
+        return key
+    try:
+        return key, json.loads((await request.body()).decode())
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return _error(400, "request body is not valid JSON", "invalid_json")
+
+
 def _select(router, d, require: bool):
     """The replicas ``d`` names, or the error answer (400 malformed, 404 no match)."""
     try:
@@ -76,13 +87,10 @@ async def replicas(request: Request) -> Response:
 
 
 async def _set(request: Request, on: bool) -> Response:
-    key = _admin(request)
-    if isinstance(key, Response):
-        return key
-    try:
-        body = json.loads((await request.body()).decode())
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        return _error(400, "request body is not valid JSON", "invalid_json")
+    got = await _admin_with_body(request)
+    if isinstance(got, Response):
+        return got
+    key, body = got
     reps = _select(request.app.state.gateway.state.router, body, require=True)
     if isinstance(reps, Response):
         return reps
@@ -133,13 +141,10 @@ async def list_budgets(request: Request) -> Response:
     description='JSON body {"key": "<key name>"}. 404 when no key of that name has a budget.',
 )
 async def reset_budget(request: Request) -> Response:
-    admin = _admin(request)
-    if isinstance(admin, Response):
-        return admin
-    try:
-        body = json.loads((await request.body()).decode())
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        return _error(400, "request body is not valid JSON", "invalid_json")
+    got = await _admin_with_body(request)
+    if isinstance(got, Response):
+        return got
+    admin, body = got
     name = body.get("key") if isinstance(body, dict) else None
     if not isinstance(name, str):
         return _error(400, 'expected {"key": "<key name>"}', "invalid_request")
