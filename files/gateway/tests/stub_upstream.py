@@ -7,7 +7,8 @@ Steer it at runtime: POST /_control {"status": 503, "count": 2, "delay": 0.2, "c
 break_after: reset the stream after N events; stall_after: send N events, then nothing (the
 connection stays open); first_delay: seconds between a stream's head and its first event;
 close: read a POST and close the connection without answering; hold_after: send N events, then
-wait until a control sets it to null, then send the rest (a stream the test ends when it wants).
+wait until a control sets it to null, then send the rest (a stream the test ends when it wants);
+end_delay: seconds between a stream's [DONE] event and its chunked terminator.
 A stream with ``stream_options.include_usage`` ends, as vLLM's, with an event of no choices and
 the usage (completion_tokens: the number of chunks); /_stats lists include_usage per stream.
 --api-key KEY: /v1/* answers 401 without "Authorization: Bearer KEY" (vLLM's --api-key); every
@@ -42,6 +43,7 @@ DEFAULTS = {
     "health": 200,
     "ready_model": True,
     "hold_after": None,
+    "end_delay": 0.0,
 }
 STATE: dict = {}
 STATS = {"posts": 0, "by_path": {}, "request_ids": [], "authorizations": [], "include_usage": []}
@@ -263,6 +265,11 @@ class Handler(asyncio.Protocol):
             )
             t.write(b"%x\r\n%s\r\n" % (len(ev), ev))
         ev = b"data: [DONE]\n\n"
+        if st["end_delay"]:  # the chunked terminator in a later segment, as a busy upstream's may come
+            t.write(b"%x\r\n%s\r\n" % (len(ev), ev))
+            await asyncio.sleep(st["end_delay"])
+            t.write(b"0\r\n\r\n")
+            return
         t.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(ev), ev))
 
 

@@ -126,6 +126,24 @@ def test_a_stream_that_asks_for_usage_receives_it_once(usage_gw):
     assert (rec["requested"], rec["model"], rec["completion_tokens"]) == ("chatty", "chat-a", 3)
 
 
+def test_a_client_that_leaves_on_done_got_a_whole_answer_and_it_is_counted(usage_gw):
+    """The openai SDK closes its connection as soon as it reads [DONE]; an upstream whose chunked
+    terminator comes later must not turn that into a 499 without usage (nor a replica failure)."""
+    g, a = usage_gw
+    a.control(chunks=3, end_delay=1.0)
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{g.port}/v1", api_key=KEYS["ops"], max_retries=0)
+    for asked in (True, False):
+        extra = {"stream_options": {"include_usage": True}} if asked else {}
+        chunks = list(client.chat.completions.create(model="chat-a", messages=[], stream=True, **extra))
+        assert [c.usage is not None for c in chunks] == [False] * 3 + [True] * asked
+    recs = _lines(g, 2)[-2:]
+    assert [(r["status"], r["prompt_tokens"], r["completion_tokens"]) for r in recs] == [(200, 7, 3)] * 2
+    assert not any(r.get("cut") for r in recs)
+    assert _counter(g, "llm_key_requests_total", key="ops", model="chat-a", status="200") == 2
+    assert _counter(g, "llm_key_requests_total", key="ops", model="chat-a", status="499") == 0
+    assert _counter(g, "llm_key_tokens_total", key="ops", model="chat-a", type="completion") == 6
+
+
 def test_whole_answers_and_embeddings_are_counted_per_key(usage_gw):
     g, _ = usage_gw
     for _ in range(2):

@@ -23,6 +23,8 @@ _HOP = frozenset(
     (b"connection", b"keep-alive", b"transfer-encoding", b"content-length", b"date", b"server", b"x-request-id")
 )
 PASS_ON_BYTES = 1024 * 1024  # known-length answers above this are passed on, not held
+_DONE = b"data: [DONE]"  # an OpenAI stream's last event
+_DONE_TAIL = 24  # where to look for it: the end of a chunk (trailing blank lines, CRLF)
 
 
 class Relay:
@@ -173,11 +175,18 @@ class Relay:
         await out.start(resp.status, self.headers())
         watcher = None if req.hooked else loop.create_task(out.watch_disconnect(req.on_disconnect))
         usage = StreamUsage(req.hide_usage)
+        # The [DONE] event reached the client: the answer is whole, whatever happens to the
+        # upstream's chunked terminator. The openai SDK closes its connection on [DONE], often
+        # before that terminator arrived: a 200 delivered, with its usage, not a 499.
+        done = False
         try:
             chunk = first
             while chunk is not None:
                 await out.chunk(usage.feed(chunk))
+                done = done or _DONE in chunk[-_DONE_TAIL:]
                 if req.client_gone:
+                    if done:
+                        break
                     self.r.breaker.release()
                     return 499
                 gap_end = loop.time() + model.gap_s
@@ -186,11 +195,15 @@ class Relay:
                 try:
                     chunk = await resp.next_chunk()
                 except UpstreamTimeout:
+                    if done:
+                        break
                     what = (
                         f"stream over its {model.stream_max_s:g} s cap" if capped else f"no chunk for {model.gap_s:g} s"
                     )
                     return await self._broken(UpstreamTimeout(what))
                 except UpstreamError as e:
+                    if done:
+                        break
                     return await self._broken(e)
         finally:
             if watcher is not None:
