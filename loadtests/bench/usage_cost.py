@@ -2,11 +2,12 @@
 
     usage_cost.py DATABASE_URL PASSWORD_FILE JOURNAL_DIR [REQUESTS]
 
-Each request is what the gateway does for it in ``Gateway._finish`` (records.event, then
-UsageWriter.record), and the real writer inserts every row into the run's PostgreSQL in its
-batches; the figure is this process's CPU (user + system, from getrusage) from the first event to
-the last row written, divided by the requests; the median of three runs. The database's own CPU is not in it (on another
-host in production). Prints one JSON line. Why a component measurement next to the A/B of
+Each request is what the gateway does for it in ``Gateway._finish`` for the records (its
+access-log line, made even where the access log is off, then UsageWriter.record), and the real
+writer inserts every row into the run's PostgreSQL in its batches; the figure is this process's
+CPU (user + system, from getrusage) from the first event to the last row written, divided by the
+requests; the median of three runs. The database's own CPU is not in it (on another host in
+production). Prints one JSON line. Why a component measurement next to the A/B of
 `gateway` and `gateway-nousage`: on this shared 2-core VM two runs of the same gateway differ by
 ±20 % CPU per request, so a 10 us difference is below what the A/B can resolve.
 """
@@ -19,14 +20,17 @@ import resource
 import sys
 from types import SimpleNamespace
 
+from citadel_gateway.accesslog import line
 from citadel_gateway.config.schema import Usage
-from citadel_gateway.records import UsageWriter, event
+from citadel_gateway.records import UsageWriter
 
 
 def _request(i: int) -> SimpleNamespace:
-    """A finished chat request as the gateway holds it (context.Request's fields event() reads)."""
+    """A finished chat request as the gateway holds it (context.Request's fields line() reads)."""
     return SimpleNamespace(
         rid=f"bench-{i:08x}".encode(),
+        upstream_rid=f"up-{i:08x}-1".encode(),
+        error=None,
         key=SimpleNamespace(name="bench"),
         requested="bench-model",
         model="bench-model",
@@ -54,7 +58,7 @@ async def once(url: str, password: str, journal: str, n: int) -> dict:
     await w._connection()  # connected before the clock starts: a gateway connects once
     t0 = _cpu()
     for i, req in enumerate(reqs):
-        w.record(event(req, 200, 0.0012, cfg.gateway))
+        w.record(line(req, 200, 0.0012))
         if i % 64 == 63:
             await asyncio.sleep(0)  # let the flusher run between requests, as the server loop does
     while counts["written"] < n:

@@ -3,6 +3,7 @@ lost while the database is away or the gateway restarts, the request path never 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
@@ -208,22 +209,67 @@ def test_events_journaled_at_shutdown_are_written_by_the_next_start(pg, usage_cf
     assert not Journal(cfg["usage"]["journal_dir"], 1 << 30)
 
 
+def test_a_client_string_with_nul_is_recorded(pg, usage_cfg, gateway):
+    """PostgreSQL refuses NUL in text and jsonb: the client's model name is recorded with U+FFFD."""
+    cfg, _ = usage_cfg
+    g = gateway(cfg)
+    wait_ready(g)
+    h = _rid()
+    assert g.request("POST", "/v1/chat/completions", {"model": "a\u0000b", "messages": []}, headers=h)[0] == 404
+    rows = pg.wait_rows(1)
+    assert [r[0] for r in rows] == [h["X-Request-Id"]]
+    assert pg.psql("SELECT requested_model = 'a' || chr(65533) || 'b', status FROM citadel.usage_events") == "t|404"
+
+
+def test_a_batch_the_database_refuses_is_set_aside_and_the_rest_goes_on(pg, tmp_path):
+    """A batch refused for its data (SQLSTATE class 22) is never retried: kept as .bad, counted as
+    dropped; the writer goes on with the next batch."""
+    from citadel_gateway.config.schema import Usage
+    from citadel_gateway.records import UsageWriter
+
+    pg.psql("TRUNCATE citadel.usage_events")
+    good = json.dumps(
+        {"ts": time.time(), "event_id": "e-1", "request_id": "r-1", "key": "k", "requested": "m", "model": "m",
+         "endpoint": "chat", "status": 200, "duration_ms": 1.5, "replica": "h:1", "attempts": 1}
+    )  # fmt: skip
+    counts = dict.fromkeys(("queued", "written", "journaled", "replayed", "dropped"), 0)
+    cfg = Usage(database_url=pg.url, password=PASSWORD, gateway="gw", journal_dir=str(tmp_path), batch_size=1)
+
+    async def run() -> None:
+        w = UsageWriter(cfg, counts)
+        w.start()
+        w.record(good.replace('"status": 200', '"status": "not a number"'))
+        w.record(good)
+        await w.stop(5)
+
+    asyncio.run(run())
+    assert {k: v for k, v in counts.items() if v} == {"queued": 2, "written": 1, "dropped": 1}
+    assert pg.psql("SELECT request_id, status, latency_ms, gateway FROM citadel.usage_events") == "r-1|200|1.5|gw"
+    (bad,) = tmp_path.glob("*.bad")
+    assert "not a number" in bad.read_text()
+    assert not list(tmp_path.glob("*.json")), "nothing left to replay"
+
+
 def test_the_journal_keeps_order_and_its_bound(tmp_path):
     j = Journal(str(tmp_path), 200)
-    assert j.append([(1, "a"), (2, "b")])
-    assert j.append([(3, "c")])
-    assert not j.append([(4, "x" * 300)]), "over max_bytes: refused, nothing written"
+    assert j.append('[{"a":1},{"b":2}]', 2)
+    assert j.append('[{"c":3}]', 1)
+    assert not j.append("[" + "x" * 300 + "]", 1), "over max_bytes: refused, nothing written"
     (tmp_path / "000000000009.tmp").write_text("[[")  # a write cut by a crash
     (tmp_path / "000000000003.json").write_text("not json")
     j = Journal(str(tmp_path), 200)
     assert not list(tmp_path.glob("*.tmp"))
-    assert j.rows == 3
-    assert j.oldest() == [(1, "a"), (2, "b")]
+    assert (j.rows, bool(j)) == (3, True)
+    assert (tmp_path / "000000000003.bad").read_text() == "not json", "an unreadable batch is set aside, not replayed"
+    assert j.oldest() == ('[{"a":1},{"b":2}]', 2)
     j.pop()
-    assert j.oldest() == [(3, "c")]
-    j.pop()
-    assert j.oldest() is None, "an unreadable batch is set aside, not replayed"
-    assert (tmp_path / "000000000003.bad").read_text() == "not json"
+    assert j.oldest() == ('[{"c":3}]', 1)
+    j.pop(bad=True)  # the database refused its data
+    assert (j.oldest(), j.rows, j.bytes) == (None, 0, 0)
+    j.set_aside('[{"d":4}]')
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["000000000002.bad", "000000000003.bad", "000000000004.bad"]
+    assert Journal(str(tmp_path), 200).append("[]", 0)
+    assert (tmp_path / "000000000005.json").exists(), "a new name after every batch file, kept or set aside"
 
 
 def test_the_report_prints_what_the_table_holds(pg, usage_cfg, gateway, tmp_path):

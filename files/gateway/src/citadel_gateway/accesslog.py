@@ -1,16 +1,24 @@
 """The JSON access log: one pre-formatted line per request, written in batches by a thread of its
-own (no logging module per request, no write on the event loop)."""
+own (no logging module per request, no write on the event loop). The same line is the request's
+usage record (records/): one text made per request, for both.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
+import os
 import queue
 import sys
 import threading
 import time
 
 _QUOTED: dict[str, str] = {}
+# Event ids: unique across restarts and gateways (8 random bytes per process, then a counter), so
+# a usage batch replayed from the journal after a partial write inserts nothing twice.
+_PREFIX = os.urandom(8).hex()
+_SEQ = itertools.count(1)
 
 
 def _q(s: str | None) -> str:
@@ -31,8 +39,10 @@ def _id(rid: bytes | None) -> str:
 
 def line(req, status: int, seconds: float) -> str:
     """Request ids are validated or ours (safe characters); names come from the config, except
-    ``requested`` (the client's, hence JSON-quoted). Token counts are the upstream's ``usage``."""
-    err = f',"error":{json.dumps(req.error)}' if req.error else ""
+    ``requested`` (the client's, hence JSON-quoted). Token counts are the upstream's ``usage``.
+    ``ts`` is when the answer ended (epoch seconds, microsecond precision); the request arrived
+    ``duration_ms`` earlier. The keys are the usage table's too (records/writer.py reads them)."""
+    err = f',"error":{_text(req.error)}' if req.error else ""
     if req.prompt_tokens is not None:
         err += f',"prompt_tokens":{req.prompt_tokens},"completion_tokens":{req.completion_tokens}'
     if req.ttft_s is not None:
@@ -40,7 +50,8 @@ def line(req, status: int, seconds: float) -> str:
     if req.cut:
         err += ',"cut":true'
     return (
-        f'{{"ts":{time.time():.3f},"request_id":"{_id(req.rid)}","upstream_request_id":"{_id(req.upstream_rid)}",'
+        f'{{"ts":{time.time():.6f},"event_id":"{_PREFIX}-{next(_SEQ):x}","request_id":"{_id(req.rid)}",'
+        f'"upstream_request_id":"{_id(req.upstream_rid)}",'
         f'"key":{_q(req.key.name if req.key else None)},"requested":{_requested(req.requested, req.model)},'
         f'"model":{_q(req.model)},"endpoint":"{req.endpoint}",'
         f'"status":{status},"duration_ms":{seconds * 1000:.2f},"replica":{_q(req.replica)},'
@@ -51,7 +62,13 @@ def line(req, status: int, seconds: float) -> str:
 def _requested(name: str | None, served: str | None) -> str:
     if name is None:
         return "null"
-    return _q(name) if name == served else json.dumps(name)  # only served names are cached
+    return _q(name) if name == served else _text(name)  # only served names are cached
+
+
+def _text(s: str) -> str:
+    """JSON literal of a string from outside (a client's, an upstream's), without NUL, which
+    PostgreSQL's text and jsonb refuse (a whole usage batch would be refused for it)."""
+    return json.dumps(s.replace("\x00", "\ufffd") if "\x00" in s else s)
 
 
 class AccessLog:

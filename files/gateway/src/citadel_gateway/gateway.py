@@ -27,7 +27,6 @@ from .errors import Denied, error_body, error_headers, send_error
 from .forward import Forward
 from .limits import MemoryLimiter
 from .metrics import OVERHEAD_BUCKETS, inc, observe
-from .records.event import event
 from .runtime import Runtime
 from .state import State
 from .usage import ask_for_usage
@@ -172,12 +171,14 @@ class Gateway(Runtime):
             tokens = (req.prompt_tokens or 0) + (req.completion_tokens or 0)
             if tokens:
                 self.ledger.charge(key.name, tokens)
+        text = None
         if self.access.enabled:
-            self.access.write(line(req, status, dt))
+            text = line(req, status, dt)
+            self.access.write(text)
         # every request of a valid key (all when auth is off): a client without one cannot fill the database
         usage = self.usage
-        if usage is not None and (req.key is not None or not self.state.cfg.auth.required):
-            usage.record(event(req, status, dt, usage.cfg.gateway))
+        if usage is not None and (key is not None or not self.state.cfg.auth.required):
+            usage.record(text or line(req, status, dt))  # the access-log line is the row
 
     def _count(self, denied: Denied, req: Request) -> int:
         if denied.reason:
