@@ -7,15 +7,29 @@ scrapes and the firewall opens. That address is the host's ``citadel_address`` (
 else its inventory name, unless set apart from the management address).
 
 A catalog with mistakes raises one error listing every one of them, each naming the model and
-the fix, before any host changes (playbooks/preflight.yml evaluates it first).
+the fix, before any host changes (playbooks/preflight.yml evaluates it first). The GPU checks
+are citadel_gpus.py's.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from ansible.errors import AnsibleFilterError
+
+
+def _sibling(name: str):
+    """A module of this directory: Ansible loads each plugin file alone, not as a package."""
+    spec = importlib.util.spec_from_file_location(f"citadel_catalog_{name}", Path(__file__).with_name(f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_gpus = _sibling("citadel_gpus")
 
 CAPABILITIES = ("chat", "completion", "embedding", "code", "reasoning")
 TIERS = ("heavyweight", "lightweight", "embedding")
@@ -186,6 +200,8 @@ def citadel_catalog(models, groups, hostvars) -> list[dict]:
             f"citadel_models uses these names or aliases more than once: {', '.join(twice)}. "
             "Each name and alias must point at one model."
         )
+    shaped = [m for m, ok in entries if ok and all(isinstance(m.get(f, {}), Mapping) for f in ("engine", "resources"))]
+    problems += _gpus.gpu_problems(shaped, lambda m: groups.get(m["group"], []))
     out = []
     taken: dict[tuple[str, int], str] = {}  # (host, port) -> model
     for m, ok in entries:
@@ -209,7 +225,7 @@ def citadel_catalog(models, groups, hostvars) -> list[dict]:
                 **m,
                 "aliases": list(m.get("aliases", [])),
                 "engine": dict(m.get("engine", {})),
-                "resources": dict(m.get("resources", {})),
+                "resources": _resources(m.get("resources", {})),
                 "env": dict(m.get("env", {})),
                 "gateway": route,
                 "replicas": replicas,
@@ -217,6 +233,14 @@ def citadel_catalog(models, groups, hostvars) -> list[dict]:
         )
     if problems:
         raise AnsibleFilterError("The model catalog (citadel_models) is not valid:\n- " + "\n- ".join(problems))
+    return out
+
+
+def _resources(resources: Mapping) -> dict:
+    """``gpus`` as CUDA_VISIBLE_DEVICES takes it ("0,1"), whichever form the catalog used."""
+    out = dict(resources)
+    if out.get("gpus") not in (None, ""):
+        out["gpus"] = ",".join(map(str, _gpus.gpu_indices(out["gpus"])))
     return out
 
 
