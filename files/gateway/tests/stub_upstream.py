@@ -8,7 +8,8 @@ break_after: reset the stream after N events; stall_after: send N events, then n
 connection stays open); first_delay: seconds between a stream's head and its first event;
 close: read a POST and close the connection without answering; hold_after: send N events, then
 wait until a control sets it to null, then send the rest (a stream the test ends when it wants);
-end_delay: seconds between a stream's [DONE] event and its chunked terminator.
+end_delay: seconds between a stream's [DONE] event and its chunked terminator; split_done: send
+[DONE] in two chunks 50 ms apart.
 A stream with ``stream_options.include_usage`` ends, as vLLM's, with an event of no choices and
 the usage (completion_tokens: the number of chunks); /_stats lists include_usage per stream.
 --api-key KEY: /v1/* answers 401 without "Authorization: Bearer KEY" (vLLM's --api-key); every
@@ -44,6 +45,7 @@ DEFAULTS = {
     "ready_model": True,
     "hold_after": None,
     "end_delay": 0.0,
+    "split_done": False,
 }
 STATE: dict = {}
 STATS = {"posts": 0, "by_path": {}, "request_ids": [], "authorizations": [], "include_usage": []}
@@ -265,6 +267,10 @@ class Handler(asyncio.Protocol):
             )
             t.write(b"%x\r\n%s\r\n" % (len(ev), ev))
         ev = b"data: [DONE]\n\n"
+        if st["split_done"]:  # [DONE] in two chunks, apart in time
+            t.write(b"9\r\ndata: [DO\r\n")
+            await asyncio.sleep(0.05)
+            ev = ev[9:]
         if st["end_delay"]:  # the chunked terminator in a later segment, as a busy upstream's may come
             t.write(b"%x\r\n%s\r\n" % (len(ev), ev))
             await asyncio.sleep(st["end_delay"])

@@ -126,11 +126,13 @@ def test_a_stream_that_asks_for_usage_receives_it_once(usage_gw):
     assert (rec["requested"], rec["model"], rec["completion_tokens"]) == ("chatty", "chat-a", 3)
 
 
-def test_a_client_that_leaves_on_done_got_a_whole_answer_and_it_is_counted(usage_gw):
+@pytest.mark.parametrize("split_done", [False, True])
+def test_a_client_that_leaves_on_done_got_a_whole_answer_and_it_is_counted(usage_gw, split_done):
     """The openai SDK closes its connection as soon as it reads [DONE]; an upstream whose chunked
-    terminator comes later must not turn that into a 499 without usage (nor a replica failure)."""
+    terminator comes later must not turn that into a 499 without usage (nor a replica failure),
+    also when [DONE] itself came in two chunks."""
     g, a = usage_gw
-    a.control(chunks=3, end_delay=1.0)
+    a.control(chunks=3, end_delay=1.0, split_done=split_done)
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{g.port}/v1", api_key=KEYS["ops"], max_retries=0)
     for asked in (True, False):
         extra = {"stream_options": {"include_usage": True}} if asked else {}

@@ -178,12 +178,14 @@ class Relay:
         # The [DONE] event reached the client: the answer is whole, whatever happens to the
         # upstream's chunked terminator. The openai SDK closes its connection on [DONE], often
         # before that terminator arrived: a 200 delivered, with its usage, not a 499.
-        done = False
+        done, tail = False, b""
         try:
             chunk = first
             while chunk is not None:
                 await out.chunk(usage.feed(chunk))
-                done = done or _DONE in chunk[-_DONE_TAIL:]
+                if not done:  # [DONE] may come split across two chunks
+                    tail = (tail + chunk[-_DONE_TAIL:])[-_DONE_TAIL:]
+                    done = _DONE in tail
                 if req.client_gone:
                     if done:
                         break
