@@ -24,7 +24,7 @@ _HOP = frozenset(
 )
 PASS_ON_BYTES = 1024 * 1024  # known-length answers above this are passed on, not held
 _DONE = b"data: [DONE]"  # an OpenAI stream's last event
-_DONE_TAIL = 24  # where to look for it: the end of a chunk (trailing blank lines, CRLF)
+_DONE_TAIL = 24  # the stream's last bytes kept to find it (with its trailing blank line, CRLF too)
 
 
 class Relay:
