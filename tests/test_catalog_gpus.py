@@ -12,7 +12,13 @@ sys.path.insert(0, str(REPO / "roles/citadel_catalog/filter_plugins"))
 
 from ansible.errors import AnsibleFilterError  # noqa: E402
 from citadel_catalog import citadel_catalog  # noqa: E402
-from citadel_gpus import citadel_gpu_host_problems, citadel_nvidia_smi, gpu_indices  # noqa: E402
+from citadel_gpus import (  # noqa: E402
+    citadel_gpu_host_problems,
+    citadel_gpu_hosts,
+    citadel_gpu_reservations,
+    citadel_nvidia_smi,
+    gpu_indices,
+)
 
 SMI = REPO / "tests/fixtures/nvidia-smi"
 GIB = 2**30
@@ -146,4 +152,28 @@ def test_a_host_without_gpus_refuses_every_gpu_model():
     assert problems == [
         "model phi on cpu-01: resources.gpus lists GPU 0, which cpu-01 does not have (nvidia-smi shows: none). "
         "Use indices nvidia-smi shows, or serve the model elsewhere."
+    ]
+
+
+def test_gpu_hosts_are_those_serving_a_model_on_gpus():
+    # "solo" (host b) serves a GPU model; "llm" (a and b) a CPU one: the exporter belongs on b only.
+    catalog = citadel_catalog([_model("cpu", 11400), _gpu_model("gpu", 11401, "0", group="solo")], GROUPS, HOSTVARS)
+    assert citadel_gpu_hosts(catalog) == ["b"]
+    catalog = citadel_catalog([_model("cpu", 11400), _gpu_model("gpu", 11401, [0, 1], tensor_parallel_size=2)], GROUPS, HOSTVARS)
+    assert citadel_gpu_hosts(catalog) == ["a", "b"]
+    assert citadel_gpu_hosts(citadel_catalog([_model("cpu", 11400)], GROUPS, HOSTVARS)) == []
+
+
+def test_gpu_reservations_add_up_the_models_sharing_a_gpu():
+    models = [
+        _gpu_model("big", 11400, "0,1", tensor_parallel_size=2, gpu_memory_utilization=0.6),
+        _gpu_model("small", 11401, "1", gpu_memory_utilization=0.3),
+        _gpu_model("default", 11402, "2", group="solo"),  # vLLM's 0.9 when unset
+    ]
+    assert citadel_gpu_reservations(citadel_catalog(models, GROUPS, HOSTVARS)) == [
+        {"host": "a", "gpu": 0, "ratio": 0.6},
+        {"host": "a", "gpu": 1, "ratio": 0.9},
+        {"host": "b", "gpu": 0, "ratio": 0.6},
+        {"host": "b", "gpu": 1, "ratio": 0.9},
+        {"host": "b", "gpu": 2, "ratio": 0.9},
     ]

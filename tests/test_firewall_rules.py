@@ -20,6 +20,7 @@ SETTINGS = {
     "gateway_sources": ["10.5.0.20", "fd00::20"], "monitoring_sources": ["10.5.0.30"],
     "gateway_port": 8000, "gateway_metrics_port": 8001,
     "node_exporter_port": 9100, "prometheus_port": 9090, "redis_port": 6379, "postgresql_port": 5432,
+    "gpu_hosts": [], "dcgm_exporter_port": 9400,
 }  # fmt: skip
 
 
@@ -49,6 +50,13 @@ def test_each_host_opens_what_it_serves_to_whom_the_layout_says():
     # the usage database: the gateways write, the admin hosts read the report
     assert (mon[5432]["ipv4"], mon[5432]["ipv6"]) == (["10.0.0.0/8"], ["fd00::20"])
     assert set(mon) == {22, 9100, 9090, 6379, 5432}
+
+
+def test_a_gpu_host_opens_its_gpu_metrics_to_the_scrapers_only():
+    rules = _by_port(firewall_rules("llm", _catalog("10.5.0.10"), GROUPS, {**SETTINGS, "gpu_hosts": ["llm"]}))
+    assert set(rules) == {22, 9100, 9400, 11400}
+    assert (rules[9400]["ipv4"], rules[9400]["ipv6"]) == (["10.5.0.30", "10.9.0.1"], [])
+    assert rules[9400]["name"] == "dcgm exporter"
 
 
 def test_an_ipv6_endpoint_takes_only_ipv6_sources():

@@ -2,8 +2,10 @@
 
 Known names come from monitoring/fixtures/: /metrics captured from the lab's
 real vLLM 0.32 servers (chat and embeddings), node_exporter 1.5 and the
-gateway (files/gateway 0.1.0); plus the recording rules' own names and
-Prometheus's `up`/`ALERTS`. A renamed metric upstream, or a typo here, fails.
+gateway (files/gateway 0.1.0); the fields monitoring/dcgm/counters.csv tells
+the DCGM exporter to export (no GPU here to capture it from); plus the recording
+rules' own names and Prometheus's `up`/`ALERTS`. A renamed metric upstream, or a
+typo here, fails.
 """
 
 import json
@@ -54,8 +56,14 @@ def metric_names(expr: str) -> set[str]:
     return names
 
 
+def dcgm_fields() -> set[str]:
+    """The DCGM exporter's metrics: the fields its counters file names (first CSV column)."""
+    lines = (REPO / "monitoring/dcgm/counters.csv").read_text().splitlines()
+    return {line.split(",")[0].strip() for line in lines if line.strip() and not line.startswith("#")}
+
+
 def known_names(rule_groups: list[dict]) -> set[str]:
-    names = set(BUILTIN)
+    names = set(BUILTIN) | dcgm_fields()
     for fixture in FIXTURES.glob("*.prom"):
         names |= exported_names(fixture)
     for group in rule_groups:

@@ -166,6 +166,7 @@ def test_lab_targets_come_from_inventory_and_catalog():
     assert ca.strip() == (Path(os.environ.get("CITADEL_CACHE", REPO / ".cache")) / "lab-tls/ca.pem").read_text().strip()
     nodes = sorted(t for g in _file_sd(out, "node") for t in g["targets"])
     assert nodes == sorted(f"{address}:9100" for address in ip.values())
+    assert _file_sd(out, "dcgm") == []  # no lab model lists GPUs
 
 
 def test_production_targets_use_ansible_host():
@@ -175,6 +176,11 @@ def test_production_targets_use_ansible_host():
     assert ("phi-3-mini", "192.168.10.28:11403") in vllm
     assert len(vllm) == len(_catalog("production"))
     assert _file_sd(out, "llm_gateway")[0]["targets"] == ["192.168.10.31:8001"]
+    # both LLM hosts serve models on GPUs: their DCGM exporters are scraped
+    assert _file_sd(out, "dcgm") == [
+        {"targets": ["192.168.10.29:9400"], "labels": {"host": "hx-llm-server-01"}},
+        {"targets": ["192.168.10.28:9400"], "labels": {"host": "hx-llm-server-02"}},
+    ]
     config = yaml.safe_load((out / "prometheus/prometheus.yml").read_text())
     assert config["global"]["external_labels"] == {"environment": "production"}
     assert "alerting" not in config  # prometheus_alertmanagers: [] by default

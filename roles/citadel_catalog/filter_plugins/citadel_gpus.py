@@ -153,6 +153,32 @@ def citadel_gpu_host_problems(models: list[Mapping], host: str, gpus: list[Mappi
     return problems
 
 
+def citadel_gpu_reservations(models: list[Mapping]) -> list[dict]:
+    """``[{host, gpu, ratio}]``: the share of each used GPU's memory its models' vLLM servers take
+    up front (their gpu_memory_utilization added up), sorted. A GPU's memory alert sits above it:
+    vLLM's own reservation is not a leak. ``models``: the normalised catalog."""
+    reserved: dict[tuple[str, int], float] = {}
+    for m in models:
+        utilization = _utilization(m.get("engine", {})) or 0.0
+        for i in gpu_indices(m.get("resources", {}).get("gpus")) or []:
+            for r in m["replicas"]:
+                reserved[(r["host"], i)] = reserved.get((r["host"], i), 0.0) + utilization
+    return [{"host": h, "gpu": g, "ratio": round(v, 4)} for (h, g), v in sorted(reserved.items())]
+
+
+def citadel_gpu_hosts(models: list[Mapping]) -> list[str]:
+    """The hosts that serve a model on GPUs (one listing ``resources.gpus``), sorted: where the GPU
+    metrics exporter runs, is scraped and is let through the firewall."""
+    return sorted(
+        {r["host"] for m in models if gpu_indices(m.get("resources", {}).get("gpus")) for r in m["replicas"]}
+    )
+
+
 class FilterModule:
     def filters(self):
-        return {"citadel_nvidia_smi": citadel_nvidia_smi, "citadel_gpu_host_problems": citadel_gpu_host_problems}
+        return {
+            "citadel_nvidia_smi": citadel_nvidia_smi,
+            "citadel_gpu_host_problems": citadel_gpu_host_problems,
+            "citadel_gpu_hosts": citadel_gpu_hosts,
+            "citadel_gpu_reservations": citadel_gpu_reservations,
+        }

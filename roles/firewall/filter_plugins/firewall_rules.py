@@ -68,6 +68,8 @@ def firewall_rules(host: str, catalog, groups, settings: Mapping) -> list[dict]:
                 sources = [*gateways, *monitors, *settings["model_extra_sources"]]
                 what = "the gateway and monitoring hosts, firewall_model_extra_sources"
                 wanted.append((f"model {model['name']}", replica["port"], replica["address"], sources, what))
+    if host in settings["gpu_hosts"]:
+        wanted.append(("dcgm exporter", settings["dcgm_exporter_port"], None, scrapers, scrapers_are))
     if host in groups.get(settings["gateway_group"], []):
         sources = settings["gateway_client_sources"]
         wanted.append(("gateway", settings["gateway_port"], None, sources, "firewall_gateway_client_sources"))
