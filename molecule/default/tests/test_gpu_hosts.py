@@ -1,29 +1,54 @@
-"""roles/nvidia_gpu on the lab's LLM hosts, which have no NVIDIA GPU: the role finds none on the
-PCI bus, says so for each host, changes nothing and installs nothing (the GPU path itself needs
-real GPUs; roles/nvidia_gpu/README.md says what ran where)."""
+"""roles/nvidia_gpu and roles/dcgm_exporter on the lab's LLM hosts, which have no NVIDIA GPU and
+serve no model on GPUs: the roles say so for each host, change nothing and install nothing (the
+GPU path itself needs real GPUs; the roles' READMEs say what ran where)."""
 
+import copy
+import json
 import re
 
 import lab_inventory
-from lab_ops import LLM_HOSTS, playbook
+import yaml
+from lab_ops import LLM_HOSTS, REPO, playbook, playbook_run
 
 NOTHING_OF_OURS = (
     "/etc/modprobe.d/citadel-nvidia.conf",
     "/etc/modules-load.d/citadel-nvidia.conf",
     "/etc/systemd/system/citadel-nvidia-devices.service",
     "/var/lib/citadel/nvidia-gpu-reboot-due",
+    "/etc/dcgm-exporter/citadel-counters.csv",
+    "/etc/apt/sources.list.d/nvidia-cuda.sources",
 )
 
 
-def test_the_gpu_role_reports_no_gpu_and_changes_nothing_on_the_lab():
-    out = playbook("playbooks/llm_hosts.yml", "--tags", "nvidia_gpu")
+def test_the_gpu_roles_report_no_gpu_and_change_nothing_on_the_lab():
+    out = playbook("site.yml", "--tags", "nvidia_gpu,dcgm_exporter")
     for name in lab_inventory.names("llm_servers"):
         assert f"{name}: no NVIDIA GPU on the PCI bus; nvidia_gpu leaves this host as it is." in out, out[-3000:]
+        assert f"{name}: no catalog model runs on GPUs here; dcgm_exporter leaves this host as it is." in out
         assert re.search(rf"^{re.escape(name)}\s+: ok=\d+\s+changed=0\s+unreachable=0\s+failed=0", out, re.M)
     # the role ended before its install: not one task of it ran past the report
     assert "Install the driver" not in out
+    assert "Install the exporter" not in out
     assert "Is a driver reboot due here" in out, "the reboot play ran (and found nothing to reboot)"
     for name, on in LLM_HOSTS.items():
         assert not [p for p in NOTHING_OF_OURS if on.file(p).exists], name
         assert not on.package("nvidia-utils-580-server").is_installed
         assert not on.exists("nvidia-smi")
+        assert not on.package("datacenter-gpu-manager-exporter").is_installed
+
+
+def test_a_model_on_gpus_of_a_host_without_any_is_refused_before_anything_changes(tmp_path):
+    catalog = yaml.safe_load((REPO / "inventory/lab/group_vars/lab/models.yml").read_text())["citadel_models"]
+    catalog = copy.deepcopy(catalog)
+    (chat,) = [m for m in catalog if m["name"] == "smollm2-135m"]
+    chat.setdefault("resources", {})["gpus"] = "0"
+    extra = tmp_path / "catalog.json"
+    extra.write_text(json.dumps({"citadel_models": catalog}))
+    run = playbook_run("playbooks/llm_hosts.yml", "--tags", "nvidia_gpu", "-e", f"@{extra}")
+    assert run.returncode != 0, run.stdout[-3000:]
+    for name in lab_inventory.names("llm_servers"):
+        assert (
+            f"{name} serves smollm2-135m on GPUs (their resources.gpus), but no NVIDIA GPU is on its PCI bus. "
+            "Serve them on a GPU host (their group), or drop resources.gpus and run this host with vllm_variant=cpu."
+        ) in run.stdout, run.stdout[-3000:]
+    assert not re.search(r"changed=[1-9]", run.stdout), run.stdout[-3000:]
