@@ -48,7 +48,7 @@ DEFAULTS = {
     "split_done": False,
 }
 STATE: dict = {}
-STATS = {"posts": 0, "by_path": {}, "request_ids": [], "authorizations": [], "include_usage": []}
+STATS = {"posts": 0, "by_path": {}, "request_ids": [], "authorizations": [], "include_usage": [], "bodies": []}
 MODELS: list[str] = []
 API_KEY: list[bytes] = []  # --api-key: /v1/* wants "Authorization: Bearer KEY", as vLLM's --api-key
 
@@ -146,13 +146,15 @@ class Handler(asyncio.Protocol):
         if path == "/_stats":
             return _resp(200, json.dumps(STATS).encode())
         if path == "/_reset_stats" and method == b"POST":
-            STATS.update({"posts": 0, "by_path": {}, "request_ids": [], "authorizations": [], "include_usage": []})
+            STATS.update({"posts": 0, "by_path": {}, "request_ids": [], "authorizations": [], "include_usage": [], "bodies": []})
             return _resp(200, b"{}")
         return _resp(404, b'{"error":{"message":"not found"}}')
 
     async def serve(self, path: str, body: bytes) -> None:
         t = self.t
         STATS["posts"] += 1
+        if len(STATS["bodies"]) < 100:
+            STATS["bodies"].append(body.decode("utf-8", "replace"))
         STATS["by_path"][path] = STATS["by_path"].get(path, 0) + 1
         rid = self.headers.get(b"x-request-id")
         if rid is not None and len(STATS["request_ids"]) < 1000:

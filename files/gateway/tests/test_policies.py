@@ -26,10 +26,20 @@ def test_backoff_is_jittered_between_half_and_all_of_the_step():
     assert low.backoff(1) == 0.1
 
 
-def _cfg(**kw) -> tuple[C.Auth, dict]:
+def _cfg(**kw) -> tuple[C.Auth, auth.KeyRing]:
     key = C.ApiKey("k", hashlib.sha256(b"good-key-123456789").hexdigest())
     a = C.Auth(required=True, keys=(key,), **kw)
-    return a, {key.sha256: key}
+    return a, auth.KeyRing(a.keys)
+
+
+def test_a_key_ring_remembers_only_tokens_that_matched_a_key():
+    _, keys = _cfg()
+    assert keys.find(b"good-key-123456789").name == "k"
+    assert keys.find(b"good-key-123456789").name == "k"  # now by its bytes, unhashed
+    for i in range(100):
+        assert keys.find(b"wrong-%d" % i) is None
+    assert list(keys.matched) == [b"good-key-123456789"], "a wrong token is never remembered"
+    assert keys.find(b"good-key-12345678") is None and keys.find(b"good-key-1234567890") is None
 
 
 def test_failed_authentications_are_throttled_per_address_and_refill():
@@ -53,7 +63,7 @@ def test_keys_are_read_the_same_from_either_header_and_compared_as_bytes():
     t = auth.FailedAuthThrottle()
     assert auth.authenticate(cfg, keys, t, [(b"authorization", b"bearer  good-key-123456789 ")], None).name == "k"
     assert auth.authenticate(cfg, keys, t, [(b"authorization", b"Basic abc")], None) is auth.MISSING
-    assert auth.authenticate(C.Auth(), {}, t, [], None) is None, "auth off"
+    assert auth.authenticate(C.Auth(), auth.KeyRing(()), t, [], None) is None, "auth off"
     u = "ключ-0123456789abcdef"
     k = C.ApiKey("u", hashlib.sha256(u.encode()).hexdigest())
-    assert auth.lookup({k.sha256: k}, u.encode()) is k
+    assert auth.KeyRing([k]).find(u.encode()) is k

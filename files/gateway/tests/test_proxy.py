@@ -36,6 +36,30 @@ def test_chat_completions_and_embeddings(cl):
     assert b.stats()["posts"] > 0
 
 
+def test_what_the_gateway_passes_on_keeps_the_clients_numbers_exact(cl):
+    """Bodies are read with orjson, which reads integers past 64 bits as floats: the body passed on
+    is the client's own bytes, or (alias, a stream the gateway asks usage for) re-encoded exactly."""
+    g, a, b, _ = cl
+    big = b"123456789012345678901234"
+    bodies = {
+        "as sent": b'{"model":"chat-a","messages":[],"seed":%s,"temperature":0.10}' % big,
+        "alias": b'{"model":"chatty","messages":[],"seed":%s}' % big,
+        "stream": b'{"model":"chat-a","messages":[],"stream":true,"seed":%s}' % big,
+    }
+    for what, body in bodies.items():
+        a.reset()
+        b.reset()
+        s, _, data = g.request("POST", "/v1/chat/completions", body)
+        assert s == 200, (what, data)
+        (sent,) = a.stats()["bodies"] + b.stats()["bodies"]
+        if what == "as sent":
+            assert sent == body.decode()
+        else:
+            got = json.loads(sent)
+            assert got["seed"] == int(big) and got["model"] == "chat-a", (what, sent)
+    assert got["stream_options"] == {"include_usage": True}
+
+
 def test_alias_is_rewritten_and_the_clients_request_id_echoed_not_sent_upstream(cl):
     g, a, b, _ = cl
     s, h, body = g.request(
@@ -67,6 +91,9 @@ def test_models_list(cl):
         ("POST", "/v1/chat/completions", {"model": 42}, 400, "invalid_model"),
         ("POST", "/v1/chat/completions", b"[1, 2]", 400, "invalid_request"),
         ("POST", "/v1/embeddings", b"\xff\xfe", 400, "invalid_json"),
+        # JSON that Python's parser would take but the model servers' may not: refused, not passed on
+        ("POST", "/v1/chat/completions", b'{"model": "chat-a", "temperature": NaN}', 400, "invalid_json"),
+        ("POST", "/v1/chat/completions", b'{"model": "chat-a", "user": "\\ud800"}', 400, "invalid_json"),
         ("GET", "/v1/chat/completions", None, 405, "method_not_allowed"),
         ("PUT", "/v1/embeddings", b"{}", 405, "method_not_allowed"),
         ("DELETE", "/v1/models", None, 405, "method_not_allowed"),

@@ -16,9 +16,22 @@ from .metrics import inc
 from .relay import Relay
 from .retry import KEY_REFUSED
 from .upstream import Refused, UpstreamError, UpstreamTimeout
+from .usage import ask_for_usage
 
 _RETRY_5 = ((b"retry-after", b"5"),)
 _STARTS: dict[tuple[str, str], bytes] = {}  # (path, replica label) -> the request head up to the length
+
+
+def reencoded(body: bytes, model: str, ask_usage: bool) -> bytes:
+    """``body`` with the gateway's edits: ``model``, and with ``ask_usage`` stream_options asking
+    for usage (usage.ask_for_usage). Parsed again with the standard library: it keeps integers of
+    any size exact, where orjson (which reads every request, gateway.py) turns those past 64 bits
+    into floats. Only requests the gateway edits pay for it."""
+    obj = json.loads(body)
+    obj["model"] = model
+    if ask_usage:
+        ask_for_usage(obj)
+    return json.dumps(obj, separators=(",", ":")).encode()
 
 
 def _allowed(req, name: str) -> bool:
@@ -58,7 +71,7 @@ class Forward:
 
     def _switch(self, model) -> None:
         self.obj["model"] = model.name
-        self.body = json.dumps(self.obj, separators=(",", ":")).encode()
+        self.body = reencoded(self.body, model.name, False)
         self.req.model = self.req.served_by = model.name
 
     async def run(self, model, stream: bool) -> int | Denied:

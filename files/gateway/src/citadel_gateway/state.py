@@ -7,6 +7,7 @@ carry over so in-flight and queued requests keep counting against the same limit
 from __future__ import annotations
 
 from . import config as C
+from .auth import KeyRing
 from .backends import Router
 from .limits import Admission
 from .retry import RetryPolicy
@@ -19,7 +20,7 @@ class State:
         self.cfg = cfg
         self.router = Router(cfg, previous.router if previous else None)
         self.retry = RetryPolicy(cfg.retry)
-        self.keys = {k.sha256: k for k in cfg.auth.keys}
+        self.keys = KeyRing(cfg.auth.keys)
         self.allowed = {k.name: (None if "*" in k.models else self._expand(k.models)) for k in cfg.auth.keys}
         q = cfg.queue
         self.admission: dict[str, Admission] = {}
