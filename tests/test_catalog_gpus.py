@@ -159,7 +159,9 @@ def test_gpu_hosts_are_those_serving_a_model_on_gpus():
     # "solo" (host b) serves a GPU model; "llm" (a and b) a CPU one: the exporter belongs on b only.
     catalog = citadel_catalog([_model("cpu", 11400), _gpu_model("gpu", 11401, "0", group="solo")], GROUPS, HOSTVARS)
     assert citadel_gpu_hosts(catalog) == ["b"]
-    catalog = citadel_catalog([_model("cpu", 11400), _gpu_model("gpu", 11401, [0, 1], tensor_parallel_size=2)], GROUPS, HOSTVARS)
+    catalog = citadel_catalog(
+        [_model("cpu", 11400), _gpu_model("gpu", 11401, [0, 1], tensor_parallel_size=2)], GROUPS, HOSTVARS
+    )
     assert citadel_gpu_hosts(catalog) == ["a", "b"]
     assert citadel_gpu_hosts(citadel_catalog([_model("cpu", 11400)], GROUPS, HOSTVARS)) == []
 

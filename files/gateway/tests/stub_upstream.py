@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import json
 import os
 import time
@@ -48,7 +49,8 @@ DEFAULTS = {
     "split_done": False,
 }
 STATE: dict = {}
-STATS = {"posts": 0, "by_path": {}, "request_ids": [], "authorizations": [], "include_usage": [], "bodies": []}
+_FRESH_STATS = {"posts": 0, "by_path": {}, "request_ids": [], "authorizations": [], "include_usage": [], "bodies": []}
+STATS = copy.deepcopy(_FRESH_STATS)
 MODELS: list[str] = []
 API_KEY: list[bytes] = []  # --api-key: /v1/* wants "Authorization: Bearer KEY", as vLLM's --api-key
 
@@ -146,7 +148,7 @@ class Handler(asyncio.Protocol):
         if path == "/_stats":
             return _resp(200, json.dumps(STATS).encode())
         if path == "/_reset_stats" and method == b"POST":
-            STATS.update({"posts": 0, "by_path": {}, "request_ids": [], "authorizations": [], "include_usage": [], "bodies": []})
+            STATS.update(copy.deepcopy(_FRESH_STATS))
             return _resp(200, b"{}")
         return _resp(404, b'{"error":{"message":"not found"}}')
 

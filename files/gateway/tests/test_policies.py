@@ -39,7 +39,8 @@ def test_a_key_ring_remembers_only_tokens_that_matched_a_key():
     for i in range(100):
         assert keys.find(b"wrong-%d" % i) is None
     assert list(keys.matched) == [b"good-key-123456789"], "a wrong token is never remembered"
-    assert keys.find(b"good-key-12345678") is None and keys.find(b"good-key-1234567890") is None
+    assert keys.find(b"good-key-12345678") is None
+    assert keys.find(b"good-key-1234567890") is None
 
 
 def test_failed_authentications_are_throttled_per_address_and_refill():

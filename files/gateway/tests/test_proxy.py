@@ -56,7 +56,8 @@ def test_what_the_gateway_passes_on_keeps_the_clients_numbers_exact(cl):
             assert sent == body.decode()
         else:
             got = json.loads(sent)
-            assert got["seed"] == int(big) and got["model"] == "chat-a", (what, sent)
+            assert got["seed"] == int(big), (what, sent)
+            assert got["model"] == "chat-a", (what, sent)
     assert got["stream_options"] == {"include_usage": True}
 
 

@@ -169,9 +169,7 @@ def citadel_gpu_reservations(models: list[Mapping]) -> list[dict]:
 def citadel_gpu_hosts(models: list[Mapping]) -> list[str]:
     """The hosts that serve a model on GPUs (one listing ``resources.gpus``), sorted: where the GPU
     metrics exporter runs, is scraped and is let through the firewall."""
-    return sorted(
-        {r["host"] for m in models if gpu_indices(m.get("resources", {}).get("gpus")) for r in m["replicas"]}
-    )
+    return sorted({r["host"] for m in models if gpu_indices(m.get("resources", {}).get("gpus")) for r in m["replicas"]})
 
 
 class FilterModule:

@@ -105,7 +105,9 @@ def authenticate(cfg: C.Auth, keys: KeyRing, throttle: FailedAuthThrottle, heade
     return authenticate_token(cfg, keys, throttle, presented(headers), client)
 
 
-def authenticate_token(cfg: C.Auth, keys: KeyRing, throttle: FailedAuthThrottle, token: bytes | None, client: str | None):
+def authenticate_token(
+    cfg: C.Auth, keys: KeyRing, throttle: FailedAuthThrottle, token: bytes | None, client: str | None
+):
     """``authenticate`` for a token already read from the headers (auth required)."""
     addr = client or "-"
     wait = throttle.blocked(addr, cfg.failed_rpm, cfg.failed_burst)
