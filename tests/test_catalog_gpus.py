@@ -15,6 +15,7 @@ from citadel_catalog import citadel_catalog  # noqa: E402
 from citadel_gpus import (  # noqa: E402
     citadel_gpu_host_problems,
     citadel_gpu_hosts,
+    citadel_gpu_placement_problems,
     citadel_gpu_reservations,
     citadel_nvidia_smi,
     gpu_indices,
@@ -179,3 +180,23 @@ def test_gpu_reservations_add_up_the_models_sharing_a_gpu():
         {"host": "b", "gpu": 1, "ratio": 0.9},
         {"host": "b", "gpu": 2, "ratio": 0.9},
     ]
+
+
+def test_a_model_on_other_gpus_than_it_lists_is_named():
+    l40s = citadel_nvidia_smi((SMI / "l40s-4.csv").read_text())
+    uuid = {g["index"]: g["uuid"] for g in l40s}
+    models = [
+        _gpu_model("pair", 11400, "0,1", tensor_parallel_size=2),
+        _gpu_model("three", 11401, "3"),
+        _gpu_model("idle", 11402, "2"),
+    ]
+    # what nvidia-smi --query-compute-apps prints: pid, GPU uuid, MiB; "three" landed on GPU 2
+    apps = f"101, {uuid[0]}, 40000\n102, {uuid[1]}, 40000\n201, {uuid[2]}, 30000\n"
+    pids = {"pair": [100, 101, 102], "three": [200, 201], "idle": [300]}
+    problems = citadel_gpu_placement_problems(models, l40s, apps, pids)
+    assert problems == [
+        f"model three: should hold GPU 3 ({uuid[3]}), but its processes hold {uuid[2]}.",
+        f"model idle: should hold GPU 2 ({uuid[2]}), but its processes hold none.",
+    ]
+    pids["three"], pids["idle"] = [], [201]
+    assert citadel_gpu_placement_problems(models[2:], l40s, apps, pids) == []

@@ -153,6 +153,32 @@ def citadel_gpu_host_problems(models: list[Mapping], host: str, gpus: list[Mappi
     return problems
 
 
+def citadel_gpu_placement_problems(
+    models: list[Mapping], gpus: list[Mapping], apps: str, unit_pids: Mapping
+) -> list[str]:
+    """Models whose servers do not hold memory on exactly the GPUs their ``resources.gpus`` lists
+    (a wrong CUDA_DEVICE_ORDER, or CUDA_VISIBLE_DEVICES ignored). ``gpus``: citadel_nvidia_smi's;
+    ``apps``: what ``nvidia-smi --query-compute-apps=pid,gpu_uuid,used_memory
+    --format=csv,noheader,nounits`` prints; ``unit_pids``: model name -> the pids of its unit."""
+    uuid_of = {g["index"]: g["uuid"] for g in gpus}
+    held: dict[str, set[str]] = {}  # pid -> GPU uuids
+    for row in csv.reader(io.StringIO(apps)):
+        if len(row) >= 2 and row[0].strip().isdigit():
+            held.setdefault(row[0].strip(), set()).add(row[1].strip())
+    problems = []
+    for m in models:
+        want = {uuid_of.get(i, f"GPU {i}") for i in gpu_indices(m.get("resources", {}).get("gpus")) or []}
+        if not want:
+            continue
+        have = set().union(*(held.get(str(p), set()) for p in unit_pids.get(m["name"], [])))
+        if have != want:
+            problems.append(
+                f"model {m['name']}: should hold GPU {m['resources']['gpus']} ({', '.join(sorted(want))}), but its "
+                f"processes hold {', '.join(sorted(have)) or 'none'}."
+            )
+    return problems
+
+
 def citadel_gpu_reservations(models: list[Mapping]) -> list[dict]:
     """``[{host, gpu, ratio}]``: the share of each used GPU's memory its models' vLLM servers take
     up front (their gpu_memory_utilization added up), sorted. A GPU's memory alert sits above it:
@@ -179,4 +205,5 @@ class FilterModule:
             "citadel_gpu_host_problems": citadel_gpu_host_problems,
             "citadel_gpu_hosts": citadel_gpu_hosts,
             "citadel_gpu_reservations": citadel_gpu_reservations,
+            "citadel_gpu_placement_problems": citadel_gpu_placement_problems,
         }
