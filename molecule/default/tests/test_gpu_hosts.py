@@ -5,6 +5,7 @@ GPU path itself needs real GPUs; the roles' READMEs say what ran where)."""
 import copy
 import json
 import re
+import subprocess
 
 import lab_inventory
 import yaml
@@ -52,3 +53,23 @@ def test_a_model_on_gpus_of_a_host_without_any_is_refused_before_anything_change
             "Serve them on a GPU host (their group), or drop resources.gpus and run this host with vllm_variant=cpu."
         ) in run.stdout, run.stdout[-3000:]
     assert not re.search(r"changed=[1-9]", run.stdout), run.stdout[-3000:]
+
+
+def test_gpu_check_runs_every_step_and_refuses_a_host_without_gpu_models():
+    """scripts/gpu-check.sh as an operator runs it, on a lab host: preflight, the driver role in
+    --check, the plays applied, a second run that changes nothing; then its verification refuses,
+    since the lab serves nothing on GPUs (the GPU half needs a GPU host)."""
+    (name, *_) = lab_inventory.names("llm_servers")
+    run = subprocess.run(
+        ["scripts/gpu-check.sh", "-i", "inventory/lab", "-l", name],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    steps = re.findall(rf"^== gpu-check {name}: (\d)/5", run.stdout, re.M)
+    assert steps == ["1", "2", "3", "4", "5"], run.stdout[-3000:] + run.stderr[-1000:]
+    assert "not idempotent" not in run.stderr
+    assert f"{name} serves no catalog model on GPUs (none of its models lists resources.gpus)" in run.stdout
+    assert run.returncode != 0
+    assert f"gpu-check: {name} passed" not in run.stdout
