@@ -78,10 +78,16 @@ def request(port: int, method: str, path: str, body=None, headers=None, timeout:
 
 class Stub:
     def __init__(
-        self, models: list[str], port: int | None = None, host: str = "127.0.0.1", api_key: str | None = None
+        self,
+        models: list[str],
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        api_key: str | None = None,
+        extra: tuple[str, ...] = (),
     ) -> None:
         self.models = models
         self.api_key = api_key
+        self.extra = extra  # more stub_upstream.py options (--prefix, --key-header, --tls-*)
         self.host = host  # any 127.x address: replicas on distinct hosts of one machine
         self.port = port or free_port(host)
         self.proc: subprocess.Popen | None = None
@@ -97,6 +103,7 @@ class Stub:
             args += ["--model", m]
         if self.api_key:
             args += ["--api-key", self.api_key]
+        args += self.extra
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port(self.port, self.proc, host=self.host)
 
@@ -253,8 +260,8 @@ def cl(shared_cluster):
 def stubs():
     made: list[Stub] = []
 
-    def make(models, port=None, host="127.0.0.1", api_key=None) -> Stub:
-        s = Stub(models, port, host, api_key)
+    def make(models, port=None, host="127.0.0.1", api_key=None, extra=()) -> Stub:
+        s = Stub(models, port, host, api_key, extra)
         made.append(s)
         return s
 
@@ -327,3 +334,23 @@ def _redis(tmp_path, *args: str):
 
 
 os.environ.setdefault("PYTHONUNBUFFERED", "1")
+
+
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    """A CA and a server certificate for 127.0.0.1 and localhost that it signed (as lab/tls.sh makes)."""
+    d = tmp_path_factory.mktemp("pki")
+    ca_key, ca, key, csr, cert = (d / n for n in ("ca.key", "ca.pem", "server.key", "server.csr", "server.pem"))
+    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", str(ca_key),
+             "-out", str(ca), "-days", "2", "-subj", "/CN=test CA")  # fmt: skip
+    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", str(key),
+             "-out", str(csr), "-subj", "/CN=gateway")  # fmt: skip
+    ext = d / "san.ext"
+    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n")
+    _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial",
+             "-out", str(cert), "-days", "2", "-extfile", str(ext))  # fmt: skip
+    return {"ca": str(ca), "cert": str(cert), "key": str(key), "ca_key": str(ca_key)}

@@ -13,7 +13,9 @@ end_delay: seconds between a stream's [DONE] event and its chunked terminator; s
 A stream with ``stream_options.include_usage`` ends, as vLLM's, with an event of no choices and
 the usage (completion_tokens: the number of chunks); /_stats lists include_usage per stream.
 --api-key KEY: /v1/* answers 401 without "Authorization: Bearer KEY" (vLLM's --api-key); every
-Authorization a /v1/ request carried is in /_stats.
+Authorization a /v1/ request carried is in /_stats. --key-header NAME: the key is wanted bare in
+that header instead (as some providers do). --prefix /p/v1: the API lives under /p/v1 instead
+of /v1 (a provider's base URL); --tls-cert/--tls-key: HTTPS. /_stats counts GETs by path too.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import asyncio
 import copy
 import json
 import os
+import ssl
 import time
 
 import httptools
@@ -49,10 +52,20 @@ DEFAULTS = {
     "split_done": False,
 }
 STATE: dict = {}
-_FRESH_STATS = {"posts": 0, "by_path": {}, "request_ids": [], "authorizations": [], "include_usage": [], "bodies": []}
+_FRESH_STATS = {
+    "posts": 0,
+    "by_path": {},
+    "gets": {},
+    "request_ids": [],
+    "authorizations": [],
+    "include_usage": [],
+    "bodies": [],
+}
 STATS = copy.deepcopy(_FRESH_STATS)
 MODELS: list[str] = []
 API_KEY: list[bytes] = []  # --api-key: /v1/* wants "Authorization: Bearer KEY", as vLLM's --api-key
+KEY_HEADER = [b"authorization"]  # --key-header: where the key is wanted (bare unless Authorization)
+PREFIX = ["/v1"]  # --prefix: where the API lives
 
 
 def _resp(status: int, body: bytes, ctype: bytes = b"application/json", keep: bool = True) -> bytes:
@@ -118,11 +131,19 @@ class Handler(asyncio.Protocol):
         method = self.p.get_method()
         path = self.url.decode()
         body = b"".join(self.body)
+        if method == b"GET":
+            STATS["gets"][path] = STATS["gets"].get(path, 0) + 1
+        if PREFIX[0] != "/v1":  # the API only under the prefix: a bare /v1/... is not found
+            if path.startswith(PREFIX[0] + "/"):
+                path = "/v1" + path[len(PREFIX[0]) :]
+            elif path.startswith("/v1"):
+                path = "/_" + path
         if path.startswith("/v1/"):
-            auth = self.headers.get(b"authorization")
+            auth = self.headers.get(KEY_HEADER[0])
             if auth is not None and len(STATS["authorizations"]) < 1000:
                 STATS["authorizations"].append(auth.decode())
-            if API_KEY and auth != b"Bearer " + API_KEY[0]:
+            bearer = KEY_HEADER[0] == b"authorization"
+            if API_KEY and auth != (b"Bearer " + API_KEY[0] if bearer else API_KEY[0]):
                 self.t.write(_resp(401, b'{"error":"Unauthorized"}'))  # what vLLM answers
                 return
         if method == b"POST" and path.startswith("/v1/"):
@@ -289,15 +310,26 @@ def main() -> None:
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--model", action="append", default=[])
     ap.add_argument("--api-key", help="require it on /v1/* (as vLLM's --api-key); /health stays open")
+    ap.add_argument("--key-header", default="authorization", help="the header that carries the key")
+    ap.add_argument("--prefix", default="/v1", help="where the API lives (a provider's base URL path)")
+    ap.add_argument("--tls-cert")
+    ap.add_argument("--tls-key")
     a = ap.parse_args()
     MODELS.extend(a.model or ["stub"])
     if a.api_key:
         API_KEY.append(a.api_key.encode())
+    KEY_HEADER[0] = a.key_header.lower().encode()
+    PREFIX[0] = a.prefix.rstrip("/")
+    tls = None
+    if a.tls_cert:
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(a.tls_cert, a.tls_key)
     STATE.update(DEFAULTS)
     if uvloop is not None:
         uvloop.install()
     loop = asyncio.new_event_loop()
-    srv = loop.run_until_complete(loop.create_server(Handler, a.host, a.port, backlog=4096, reuse_address=True))
+    server = loop.create_server(Handler, a.host, a.port, backlog=4096, reuse_address=True, ssl=tls)
+    srv = loop.run_until_complete(server)
     print(f"stub listening on {a.host}:{a.port} pid {os.getpid()}", flush=True)
     loop.run_until_complete(srv.serve_forever())
 

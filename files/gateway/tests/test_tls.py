@@ -7,33 +7,12 @@ import http.client
 import json
 import socket
 import ssl
-import subprocess
 import time
 
 import openai
 import pytest
 from citadel_gateway import config as C
 from conftest import KEYS, Gateway, base_config, free_port
-
-
-def _openssl(*args: str) -> None:
-    subprocess.run(["openssl", *args], check=True, capture_output=True)
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    """A CA and a server certificate for 127.0.0.1 and localhost that it signed (as lab/tls.sh makes)."""
-    d = tmp_path_factory.mktemp("pki")
-    ca_key, ca, key, csr, cert = (d / n for n in ("ca.key", "ca.pem", "server.key", "server.csr", "server.pem"))
-    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", str(ca_key),
-             "-out", str(ca), "-days", "2", "-subj", "/CN=test CA")  # fmt: skip
-    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", str(key),
-             "-out", str(csr), "-subj", "/CN=gateway")  # fmt: skip
-    ext = d / "san.ext"
-    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n")
-    _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial",
-             "-out", str(cert), "-days", "2", "-extfile", str(ext))  # fmt: skip
-    return {"ca": str(ca), "cert": str(cert), "key": str(key), "ca_key": str(ca_key)}
 
 
 @pytest.fixture(scope="module")

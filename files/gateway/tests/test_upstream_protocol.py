@@ -74,7 +74,7 @@ def echo(req: Request) -> None:
 
 async def send(pool: Pool, port: int, rid: str, cancel=None, timeout: float = WAIT):
     loop = asyncio.get_running_loop()
-    return await pool.request("127.0.0.1", port, head(rid), b"{}", loop.time() + timeout, cancel)
+    return await pool.request(("127.0.0.1", port, None), head(rid), b"{}", loop.time() + timeout, cancel)
 
 
 async def ask(pool: Pool, port: int, rid: str, limit: int = 1 << 20):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import random
+import ssl
 from urllib.parse import urlsplit
 
 from . import config as C
@@ -30,14 +31,21 @@ class Replica:
         "model",
         "draining",
         "auth",
+        "authority",
+        "prefix",
+        "key",
     )
 
-    def __init__(self, url: str, model: str, breaker: CircuitBreaker) -> None:
+    def __init__(self, url: str, model: str, breaker: CircuitBreaker, tls: ssl.SSLContext | None = None) -> None:
         u = urlsplit(url)
         self.url = url
         self.host = u.hostname
-        self.port = u.port or 80
+        https = u.scheme == "https"
+        self.port = u.port or (443 if https else 80)
         self.label = f"{self.host}:{self.port}"  # the metric label `replica`
+        self.authority = self.label if u.port else self.host  # the Host header
+        self.prefix = u.path.rstrip("/")  # stands in for the client's /v1 (empty: the path as sent)
+        self.key = (self.host, self.port, tls if https else None)  # the upstream pool's key
         self.model = model
         self.outstanding = 0
         self.healthy = True  # optimistic until the first active check says otherwise
@@ -48,6 +56,12 @@ class Replica:
 
     def available(self) -> bool:
         return self.healthy and self.breaker.available()
+
+    def path(self, path: str) -> str:
+        """The upstream path of a client's ``path`` (``/v1/...``)."""
+        if not self.prefix:
+            return path
+        return self.prefix + path[3:] if path.startswith("/v1") else self.prefix + path
 
     def set_health(self, ok: bool, reason: str | None = None) -> None:
         changed = ok != self.healthy
@@ -80,6 +94,8 @@ class Model:
         "stream_max_s",
         "ewma_ms",
         "tps",
+        "probe",
+        "attempts",
     )
 
     def __init__(self, cfg: C.Model, replicas: list[Replica], upstream: C.Upstream) -> None:
@@ -95,6 +111,8 @@ class Model:
         self.first_byte_s = cfg.first_byte_timeout_s or upstream.first_byte_timeout_s
         self.gap_s = cfg.chunk_gap_timeout_s or upstream.chunk_gap_timeout_s
         self.stream_max_s = cfg.stream_max_s or upstream.stream_max_s
+        self.probe = cfg.probe
+        self.attempts = cfg.retry_attempts  # None: retry.attempts
         self.ewma_ms: float | None = None  # observed latency of successful non-streamed requests
         self.tps: float | None = None  # observed completion tokens per second
 
@@ -141,6 +159,15 @@ class Model:
         return best
 
 
+def _auth_line(mc: C.Model) -> bytes:
+    """The upstream key's header line, as the model's servers take it."""
+    if not mc.upstream_key:
+        return b""
+    if mc.upstream_key_header.lower() == "authorization":
+        return b"Authorization: Bearer %s\r\n" % mc.upstream_key.encode()
+    return b"%s: %s\r\n" % (mc.upstream_key_header.encode(), mc.upstream_key.encode())
+
+
 class Router:
     def __init__(self, cfg: C.Config, previous: Router | None = None) -> None:
         self.cfg = cfg
@@ -154,17 +181,24 @@ class Router:
                         drained.add(r.url)
         self.models: list[Model] = []
         self.table: dict[str, Model] = {}
+        contexts: dict[str | None, ssl.SSLContext] = {}  # CA file -> context (one per file: pooled by it)
         for mc in cfg.models:
             reps = []
+            tls = None
+            if any(u.startswith("https:") for u in mc.replicas):
+                if mc.upstream_ca_file not in contexts:
+                    contexts[mc.upstream_ca_file] = ssl.create_default_context(cafile=mc.upstream_ca_file)
+                tls = contexts[mc.upstream_ca_file]
             for url in mc.replicas:
                 r = old.get((mc.name, url))
                 if r is None:
-                    r = Replica(url, mc.name, CircuitBreaker(cfg.circuit.failures, cfg.circuit.cooldown_s))
+                    r = Replica(url, mc.name, CircuitBreaker(cfg.circuit.failures, cfg.circuit.cooldown_s), tls)
                     r.draining = url in drained  # new to this model (renamed, moved): drained by URL
                 else:  # keep live health/outstanding/draining across a reload; take the new breaker settings
                     r.breaker.failures = cfg.circuit.failures
                     r.breaker.cooldown = cfg.circuit.cooldown_s
-                r.auth = b"Authorization: Bearer %s\r\n" % mc.upstream_key.encode() if mc.upstream_key else b""
+                    r.key = (r.host, r.port, r.key[2] and tls)  # the CA file may have changed: a new context
+                r.auth = _auth_line(mc)
                 reps.append(r)
             m = Model(mc, reps, cfg.upstream)
             if previous is not None and (pm := previous.table.get(mc.name)) is not None:

@@ -19,7 +19,7 @@ from .upstream import Refused, UpstreamError, UpstreamTimeout
 from .usage import ask_for_usage
 
 _RETRY_5 = ((b"retry-after", b"5"),)
-_STARTS: dict[tuple[str, str], bytes] = {}  # (path, replica label) -> the request head up to the length
+_STARTS: dict[tuple[str, str], bytes] = {}  # (path, replica URL) -> the request head up to the length
 
 
 def reencoded(body: bytes, model: str, ask_usage: bool) -> bytes:
@@ -59,14 +59,14 @@ class Forward:
     def _head(self, r) -> bytes:
         req = self.req
         rid = req.upstream_rid = b"%s-%d" % (self.gw.new_rid(), req.attempts)
-        start = _STARTS.get((req.path, r.label))
+        start = _STARTS.get((req.path, r.url))
         if start is None:
             start = b"POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: " % (
-                req.path.encode(),
-                r.label.encode(),
+                r.path(req.path).encode(),
+                r.authority.encode(),
             )
-            if len(_STARTS) < 4096:  # paths x replica labels: small, but reloads may add labels
-                _STARTS[(req.path, r.label)] = start
+            if len(_STARTS) < 4096:  # paths x replica URLs: small, but reloads may add URLs
+                _STARTS[(req.path, r.url)] = start
         return b"%s%d\r\nX-Request-Id: %s\r\n%s\r\n" % (start, len(self.body), rid, r.auth)
 
     def _switch(self, model) -> None:
@@ -112,7 +112,7 @@ class Forward:
             t_up = time.perf_counter()
             err = None
             try:
-                resp = await gw.pool.request(r.host, r.port, head, self.body, deadline, req)
+                resp = await gw.pool.request(r.key, head, self.body, deadline, req)
             except UpstreamError as e:
                 err = e
             except BaseException:
@@ -136,7 +136,7 @@ class Forward:
                 resp.close()
                 r.breaker.failure()
                 err = UpstreamError(f"refused the gateway's upstream key ({resp.status})")
-            elif policy.retry_status(resp.status, req.attempts):
+            elif policy.retry_status(resp.status, req.attempts, model.attempts):
                 resp.close()
                 r.breaker.failure()
                 err = UpstreamError(f"upstream answered {resp.status}")
@@ -145,7 +145,7 @@ class Forward:
             r.outstanding -= 1
             tried.append(r)
             req.error = str(err)
-            if not policy.may_send(req.attempts) or loop.time() >= deadline:
+            if not policy.may_send(req.attempts, model.attempts) or loop.time() >= deadline:
                 req.upstream_s = time.perf_counter() - t_up
                 return Denied(502, f"upstream {model.name} unavailable: {err}", "upstream_error", "")
             inc(gw.metrics.retries, (primary.name,))

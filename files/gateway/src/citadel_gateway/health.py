@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .backends import Replica, Router
+    from .backends import Model, Replica, Router
 
 log = logging.getLogger("citadel_gateway.health")
 
@@ -78,22 +78,26 @@ Fetch = Callable[["Replica", str, str, bytes | None, float], Awaitable[tuple[int
 
 
 async def probe(
-    replica: Replica, model_name: str, capabilities: tuple[str, ...], fetch: Fetch, timeout: float
+    replica: Replica, model_name: str, capabilities: tuple[str, ...], fetch: Fetch, timeout: float, kind: str = "full"
 ) -> str | None:
     """Readiness of one replica for one model: None when ready, else the reason.
 
-    /health (process alive) → /v1/models lists the model → a real 1-token request.
+    ``full`` (vLLM): /health (process alive) → /v1/models lists the model → a real 1-token
+    request. ``request``: the same without /health. ``models``: the listing only.
     """
     try:
-        status, _ = await fetch(replica, "GET", "/health", None, timeout)
-        if status != 200:
-            return f"/health returned {status}"
+        if kind == "full":
+            status, _ = await fetch(replica, "GET", "/health", None, timeout)
+            if status != 200:
+                return f"/health returned {status}"
         status, body = await fetch(replica, "GET", "/v1/models", None, timeout)
         if status != 200:
             return f"/v1/models returned {status}"
         ids = {m.get("id") for m in json.loads(body).get("data", []) if isinstance(m, dict)}
         if model_name not in ids:
             return f"/v1/models does not list {model_name}"
+        if kind == "models":
+            return None
         if "embedding" in capabilities and "chat" not in capabilities and "completion" not in capabilities:
             path, req = "/v1/embeddings", {"model": model_name, "input": "ping"}
         elif "chat" in capabilities:
@@ -134,12 +138,12 @@ class HealthChecker:
         jobs = []
         for model in self.router.models:
             for r in model.replicas:
-                jobs.append(self._check(model.name, model.capabilities, r))
+                jobs.append(self._check(model, r))
         await asyncio.gather(*jobs)
         self.rounds += 1
 
-    async def _check(self, name: str, caps: tuple[str, ...], r: Replica) -> None:
-        reason = await probe(r, name, caps, self.fetch, self.timeout)
+    async def _check(self, model: Model, r: Replica) -> None:
+        reason = await probe(r, model.name, model.capabilities, self.fetch, self.timeout, model.probe)
         if reason is None:
             self._slow.pop(r, None)
             r.set_health(True, None)

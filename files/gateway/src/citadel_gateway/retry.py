@@ -1,6 +1,7 @@
 """The retry policy: which failures another attempt may fix, how many sends, how long to back off.
 
-Every send to a replica is an attempt (``retry.attempts`` bounds them, pool reconnects included).
+Every send to a replica is an attempt (``retry.attempts``, or the model's ``retry_attempts``,
+bounds them, pool reconnects included).
 Only failures before anything reached the client are retried: transport errors (refused, reset,
 closed before an answer), upstream 500/502/503 (vLLM answers 500 when its engine dies under a
 request, 502/503 when busy or starting) and upstream 401/403 (the replica refused the gateway's
@@ -30,13 +31,13 @@ class RetryPolicy:
         self.cap = cfg.backoff_max_s
         self.rand = rand
 
-    def may_send(self, sent: int) -> bool:
-        """May attempt number ``sent + 1`` go out?"""
-        return sent < self.attempts
+    def may_send(self, sent: int, limit: int | None = None) -> bool:
+        """May attempt number ``sent + 1`` go out? ``limit``: the model's own bound, if it has one."""
+        return sent < (limit or self.attempts)
 
-    def retry_status(self, status: int, sent: int) -> bool:
+    def retry_status(self, status: int, sent: int, limit: int | None = None) -> bool:
         """Is an upstream answer with ``status`` worth another attempt (one is left)?"""
-        return status in RETRY_STATUSES and sent < self.attempts
+        return status in RETRY_STATUSES and sent < (limit or self.attempts)
 
     def backoff(self, sent: int) -> float:
         """Pause before the next round over a model's replicas: jittered exponential (50–100 %)."""

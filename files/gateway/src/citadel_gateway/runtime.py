@@ -154,13 +154,14 @@ class Runtime:
         body = body or b""
         head = (
             (
-                f"{method} {path} HTTP/1.1\r\nHost: {replica.label}\r\nUser-Agent: citadel-gateway-health\r\n"
-                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+                f"{method} {replica.path(path)} HTTP/1.1\r\nHost: {replica.authority}\r\n"
+                f"User-Agent: citadel-gateway-health\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n"
             ).encode()
             + replica.auth
             + b"\r\n"
         )
-        resp = await self.pool.request(replica.host, replica.port, head, body, loop.time() + timeout)
+        resp = await self.pool.request(replica.key, head, body, loop.time() + timeout)
         try:
             data = await resp.read(self.state.cfg.upstream.max_response_bytes)
         finally:

@@ -7,6 +7,7 @@ the offending key path, e.g. ``models[1].replicas[0]: expected a URL http://host
 from .parse import from_backends, load, load_versioned, parse
 from .schema import (
     CAPABILITIES,
+    PROBES,
     TIERS,
     ApiKey,
     Auth,
@@ -26,6 +27,7 @@ from .schema import (
 
 __all__ = [
     "CAPABILITIES",
+    "PROBES",
     "TIERS",
     "ApiKey",
     "Auth",

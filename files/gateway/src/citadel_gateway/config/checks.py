@@ -48,10 +48,13 @@ def _map(path: str, v: Any, allowed: tuple[str, ...]) -> dict:
 
 
 def _url(path: str, v: Any) -> str:
+    """A replica's base URL: http(s)://host[:port][/prefix]. The prefix stands in for the
+    client's ``/v1`` (``https://api.example.com/openai/v1``: ``/v1/chat/completions`` goes to
+    ``/openai/v1/chat/completions``); no query, fragment or credentials (the key has its own file)."""
     s = _str(path, v)
     u = urlsplit(s)
-    if u.scheme != "http" or not u.hostname or (u.path not in ("", "/")):
-        raise ConfigError(f"{path}: expected a URL http://host:port, got {v!r}")
+    if u.scheme not in ("http", "https") or not u.hostname or u.query or u.fragment or "@" in u.netloc:
+        raise ConfigError(f"{path}: expected a URL http(s)://host[:port][/path], got {v!r}")
     try:
         u.port  # noqa: B018 - raises on a bad port
     except ValueError as e:

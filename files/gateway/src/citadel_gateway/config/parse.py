@@ -15,6 +15,7 @@ import yaml
 from .checks import _bool, _list, _map, _num, _optional_positive, _str, _url
 from .schema import (
     CAPABILITIES,
+    PROBES,
     TIERS,
     ApiKey,
     Auth,
@@ -148,7 +149,12 @@ _MODEL_KEYS = (
     "fallbacks",
     "replicas",
     "upstream_api_key_file",
+    "upstream_api_key_header",
+    "upstream_ca_file",
+    "probe",
+    "retry_attempts",
 )
+_HEADER_NAME = re.compile(r"^[A-Za-z0-9-]+$")
 
 
 def _model(path: str, raw: Any) -> Model:
@@ -180,6 +186,21 @@ def _model(path: str, raw: Any) -> Model:
     for k in ("timeout_s", "first_byte_timeout_s", "chunk_gap_timeout_s", "stream_max_s"):
         if m.get(k) is not None:
             opt[k] = _num(f"{path}.{k}", m[k], exclusive=True)
+    if m.get("retry_attempts") is not None:
+        opt["retry_attempts"] = _num(f"{path}.retry_attempts", m["retry_attempts"], integer=True, minimum=1)
+    probe = _str(f"{path}.probe", m.get("probe", "full"))
+    if probe not in PROBES:
+        raise ConfigError(f"{path}.probe: {probe!r} is not one of {', '.join(PROBES)}")
+    header = _str(f"{path}.upstream_api_key_header", m.get("upstream_api_key_header", "Authorization"))
+    if not _HEADER_NAME.match(header):
+        raise ConfigError(f"{path}.upstream_api_key_header: {header!r} is not a header name (letters, digits, -)")
+    ca_file = m.get("upstream_ca_file")
+    if ca_file is not None:
+        ca_file = _str(f"{path}.upstream_ca_file", ca_file)
+        try:
+            ssl.create_default_context(cafile=ca_file)
+        except (OSError, ssl.SSLError) as e:
+            raise ConfigError(f"{path}.upstream_ca_file: cannot load {ca_file}: {e}") from e
     return Model(
         name=name,
         replicas=replicas,
@@ -197,6 +218,9 @@ def _model(path: str, raw: Any) -> Model:
             for i, f in enumerate(_list(f"{path}.fallbacks", m.get("fallbacks", []) or []))
         ),
         upstream_key=_password_file(f"{path}.upstream_api_key_file", m.get("upstream_api_key_file")),
+        upstream_key_header=header,
+        upstream_ca_file=ca_file,
+        probe=probe,
         **opt,
     )
 

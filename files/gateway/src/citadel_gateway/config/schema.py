@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 CAPABILITIES = ("chat", "completion", "embedding", "code", "reasoning")
+# How the health checker finds a replica ready: ``full`` (vLLM: /health, then the model in
+# /v1/models, then a 1-token request), ``request`` (the model listed, then a 1-token request;
+# servers without /health) or ``models`` (the model listed: costs nothing on a paid provider).
+PROBES = ("full", "request", "models")
 TIERS = ("heavyweight", "lightweight", "embedding")
 
 
@@ -132,9 +136,14 @@ class Model:
     max_inflight: int | None = None
     max_waiting: int | None = None
     fallbacks: tuple[str, ...] = ()
-    # Read from upstream_api_key_file: the key the model's vLLM servers require (its --api-key),
-    # sent upstream as "Authorization: Bearer" on every attempt and health probe, never logged.
+    # Read from upstream_api_key_file: the key the model's servers require (vLLM's --api-key, a
+    # provider's key), sent on every attempt and health probe, never logged. In the header
+    # upstream_api_key_header: "Authorization" (as "Bearer KEY") or another name (the bare key).
     upstream_key: str | None = field(default=None, repr=False)
+    upstream_key_header: str = "Authorization"
+    upstream_ca_file: str | None = None  # https replicas: the CA to verify them by (default: the system's)
+    probe: str = "full"
+    retry_attempts: int | None = None  # sends per request (default: retry.attempts)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The keep-alive pool per (host, port): connect, send once, the deadline ticker; and Cancel."""
+"""The keep-alive pool per (host, port, TLS context): connect, send once, the deadline ticker; and Cancel."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ _now = time.monotonic
 
 
 class Pool:
-    """One keep-alive connection set per process, keyed by (host, port).
+    """One keep-alive connection set per process, keyed by (host, port, TLS context or None).
 
     ``idle_ttl_s``: an idle connection older than this is closed instead of reused; keep it
     below the upstream's keep-alive timeout (uvicorn, hence vLLM: 5 s)."""
@@ -22,7 +22,7 @@ class Pool:
         self.connect_timeout = connect_timeout
         self.max_idle = max_idle_per_host
         self.idle_ttl = idle_ttl_s
-        self._idle: dict[tuple[str, int], list[_Conn]] = {}
+        self._idle: dict[tuple, list[_Conn]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._active: set[_Conn] = set()
         self._ticker: asyncio.TimerHandle | None = None
@@ -56,7 +56,7 @@ class Pool:
             conn.idle_since = _now()
             idle.append(conn)
 
-    def _pop_idle(self, key: tuple[str, int]) -> _Conn | None:
+    def _pop_idle(self, key: tuple) -> _Conn | None:
         """The most recently used idle connection, unless it sat idle longer than the TTL."""
         idle = self._idle.get(key)
         while idle:
@@ -73,31 +73,32 @@ class Pool:
             idle.clear()
         return None
 
-    async def _connect(self, key: tuple[str, int], deadline: float) -> _Conn:
+    async def _connect(self, key: tuple, deadline: float) -> _Conn:
         loop = self._loop or asyncio.get_running_loop()
         self._loop = loop
         timeout = min(self.connect_timeout, max(0.0, deadline - loop.time()))
         try:
             async with asyncio.timeout(timeout):
-                _, conn = await loop.create_connection(lambda: _Conn(self, key, loop), key[0], key[1])
+                tls = {"ssl": key[2], "server_hostname": key[0]} if key[2] else {}
+                _, conn = await loop.create_connection(lambda: _Conn(self, key, loop), key[0], key[1], **tls)
         except TimeoutError as e:
             raise ConnectError(f"connect to {key[0]}:{key[1]} timed out") from e
         except ConnectionRefusedError as e:
             raise Refused(f"connect to {key[0]}:{key[1]} refused") from e
-        except OSError as e:
+        except OSError as e:  # ssl.SSLError (a certificate not verified) included
             raise ConnectError(f"connect to {key[0]}:{key[1]} failed: {e.strerror or e}") from e
         return conn
 
-    async def request(self, host: str, port: int, head: bytes, body: bytes, deadline: float, cancel=None) -> Response:
+    async def request(self, key: tuple, head: bytes, body: bytes, deadline: float, cancel=None) -> Response:
         """Send one request, once; returns once the final response head arrived (deadline is
-        loop.time() based). ``head`` is the full request head (request line + headers + CRLFCRLF).
+        loop.time() based). ``key``: (host, port, TLS context or None), a Replica's ``key``.
+        ``head`` is the full request head (request line + headers + CRLFCRLF).
 
         Raises ConnectError (nothing was sent: safe to retry), UpstreamTimeout, or UpstreamError
         (the request may have reached the upstream). A failure is never retried here, not even
         on a reused socket the upstream had closed: each call is one attempt for the caller."""
         if cancel is not None and cancel.fired:
             raise UpstreamError("cancelled: the client went away")
-        key = (host, port)
         idle = self._idle.get(key)
         if idle and not (conn := idle[-1]).closed and _now() - conn.idle_since <= self.idle_ttl:
             idle.pop()  # the fast path: the most recently used idle connection is fresh
