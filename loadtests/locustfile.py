@@ -191,6 +191,13 @@ def _init(environment, **_kwargs):
     except ValueError as e:
         raise SystemExit(str(e)) from None
     MODELS[:] = [m for m in everything if not wanted or m.name in wanted]
+    if opts.direct or opts.compare_direct:
+        # a model at a base_url has no replica of the inventory to call straight
+        outside = [m.name for m in MODELS if not m.replicas and not opts.direct_url]
+        if outside and (opts.compare_direct or wanted):
+            names = ", ".join(outside)
+            raise SystemExit(f"{names}: served at a base_url, no replica to call directly; leave out --direct")
+        MODELS[:] = [m for m in MODELS if m.name not in outside]
     plan = build_plan(MODELS, mix)
     if not plan:
         raise SystemExit("nothing to send: no model/kind with a positive --mix weight")

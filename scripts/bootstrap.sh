@@ -11,9 +11,10 @@ cd "$(dirname "$0")/.."
 # run a throw-away cluster of their own), wrk (the gateway benchmark's load generator), prometheus (promtool
 # checks and unit-tests the alert rules), openssh-client (Ansible reaches the lab
 # hosts over SSH; lab/ssh-keys.sh needs ssh-keygen), openssl (lab/tls.sh: the lab CA
-# and the HTTPS gateway's certificate). Daemons are never started here.
+# and the HTTPS gateway's certificate), cmake, ninja-build and g++ (lab/build-llama-server.sh:
+# llama.cpp's server, the lab's second server kind). Daemons are never started here.
 apt_packages=(podman runc netavark aardvark-dns iptables debootstrap tinyproxy-bin
-  redis-server postgresql wrk prometheus openssh-client openssl)
+  redis-server postgresql wrk prometheus openssh-client openssl cmake ninja-build g++)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

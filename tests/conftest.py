@@ -18,7 +18,7 @@ def pinned_catalog(path: Path) -> list[dict]:
     filter (like preflight) refuses it unpinned."""
     models = yaml.safe_load(path.read_text())["citadel_models"]
     for m in models:
-        if "hf_repo" in m["source"] and m["source"].get("revision") is None:
+        if "hf_repo" in m.get("source", {}) and m["source"].get("revision") is None:
             m["source"]["revision"] = REVISION
     return models
 

@@ -75,7 +75,7 @@ def test_gateway_settings_are_checked_even_when_another_field_is_wrong():
     text = str(pytest.raises(AnsibleFilterError, citadel_catalog, models, GROUPS, HOSTVARS).value)
     assert "tier 'huge' not known" in text
     assert "model chat: gateway:" in text
-    assert "every one but fallbacks is a number >= 0" in text
+    assert "every one but fallbacks and cache (true or false) is a number >= 0" in text
 
 
 MULTIHOMED_CATALOG = json.dumps(
@@ -129,3 +129,52 @@ def test_a_wrong_catalog_stops_the_load_tests_with_the_same_message(tmp_path):
     bad = {"citadel_models": [_model("chat", 11400, group="llm_servers", tier="huge")]}
     with pytest.raises(RuntimeError, match="model chat: capabilities .* tier 'huge' not known"):
         catalog.load(MULTIHOMED, json.dumps(bad))
+
+
+def _external(name, **fields):
+    return {"name": name, "base_url": "https://api.example.com/openai/v1/", "capabilities": ["chat"],
+            "tier": "lightweight", "latency_ms": {"avg": 1, "p95": 2}, **fields}  # fmt: skip
+
+
+def test_a_model_at_a_base_url_is_installed_nowhere():
+    chat, ext = citadel_catalog([_model("chat", 11400), _external("ext", gateway={"fallbacks": ["chat"]})],
+                                GROUPS, HOSTVARS)  # fmt: skip
+    assert (chat["kind"], ext["kind"]) == ("vllm", "external")
+    # no replica on any host: no unit, no firewall rule, no vllm scrape target
+    assert (ext["replicas"], ext["group"], ext["port"], ext["engine"]) == ([], None, None, {})
+    assert ext["base_url"] == "https://api.example.com/openai/v1"
+    assert (ext["probe"], ext["api_key_header"], ext["metrics_url"]) == ("models", "Authorization", None)
+    assert ext["gateway"] == {"fallbacks": ["chat"]}
+
+
+def test_a_base_url_entry_with_mistakes_is_refused_with_the_fix():
+    models = [
+        _external("shaped", port=11400, group="llm"),  # a replica's fields on an external entry
+        _external("nowhere", base_url="ollama-01:11434"),
+        _external("scraped", metrics_url="http://user:pw@ollama-01:9090/metrics"),
+        _external("probed", probe="ping", api_key_header="Bad Header"),
+        _external("retried", gateway={"retry_attempts": 0}),
+        {"name": "bare", "base_url": "http://x:1/v1"},
+    ]
+    with pytest.raises(AnsibleFilterError) as raised:
+        citadel_catalog(models, GROUPS, HOSTVARS)
+    text = str(raised.value)
+    for fragment in (
+        "model shaped: unknown fields group, port for a model at a base_url",
+        "model nowhere: base_url 'ollama-01:11434' must be an http(s)://host[:port][/path] URL",
+        "model scraped: metrics_url",
+        "model probed: probe 'ping' is not one of models, request, full",
+        "model probed: api_key_header 'Bad Header' is not a header name",
+        "model retried: gateway.retry_attempts 0 must be a whole number >= 1",
+        "citadel_models entry bare lacks a field: capabilities, tier, latency_ms. A model at a base_url needs",
+    ):
+        assert fragment in text, (fragment, text)
+
+
+def test_the_gateway_cache_switch_is_a_boolean():
+    assert citadel_catalog([_model("chat", 11400, gateway={"cache": True})], GROUPS, HOSTVARS)[0]["gateway"] == {
+        "fallbacks": [],
+        "cache": True,
+    }
+    with pytest.raises(AnsibleFilterError, match="cache \\(true or false\\)"):
+        citadel_catalog([_model("chat", 11400, gateway={"cache": "yes"})], GROUPS, HOSTVARS)

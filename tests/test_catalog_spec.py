@@ -12,7 +12,15 @@ from test_catalog import _model  # the same valid entry the filter's tests start
 
 sys.path.insert(0, str(REPO / "roles/citadel_catalog/filter_plugins"))
 
-from citadel_catalog import FIELDS, GATEWAY_NUMBERS, REQUIRED, RESOURCE_FIELDS, SOURCE_FIELDS  # noqa: E402
+from citadel_catalog import (  # noqa: E402
+    EXTERNAL_FIELDS,
+    EXTERNAL_REQUIRED,
+    FIELDS,
+    GATEWAY_NUMBERS,
+    REQUIRED,
+    RESOURCE_FIELDS,
+    SOURCE_FIELDS,
+)
 
 SPEC = yaml.safe_load((REPO / "roles/citadel_catalog/meta/argument_specs.yml").read_text())
 MODELS = SPEC["argument_specs"]["main"]["options"]["citadel_models"]
@@ -29,9 +37,11 @@ def _errors(models) -> list[str]:
 
 def test_the_spec_names_the_fields_the_filter_checks():
     entry = MODELS["options"]
-    assert set(entry) == set(FIELDS)
-    assert {k for k, v in entry.items() if v.get("required")} == {"name", *REQUIRED}
-    assert set(entry["gateway"]["options"]) == {"fallbacks", *GATEWAY_NUMBERS}
+    assert set(entry) == set(FIELDS) | set(EXTERNAL_FIELDS)
+    # required by both kinds of entry; the rest: source, group and port or base_url
+    assert {k for k, v in entry.items() if v.get("required")} == {"name", *(set(REQUIRED) & set(EXTERNAL_REQUIRED))}
+    assert set(REQUIRED) - set(EXTERNAL_REQUIRED) == {"source", "group", "port"}
+    assert set(entry["gateway"]["options"]) == {"fallbacks", "cache", *GATEWAY_NUMBERS}
     assert set(entry["source"]["options"]) == set(SOURCE_FIELDS)
     assert set(entry["resources"]["options"]) == set(RESOURCE_FIELDS)
     assert all(v.get("description") for v in entry.values())
@@ -51,6 +61,8 @@ def test_the_real_catalogs_pass(name):
         ({"gateway": {"first_byte_timout_s": 30}}, "first_byte_timout_s"),
         ({"latency_ms": {"avg": 1}}, "p95"),
         ({"resources": {"memory": "8G"}}, "memory"),
+        ({"base_url": "http://ollama-01:11434/v1"}, "mutually exclusive"),  # served by vLLM or elsewhere
+        ({"probe": "ping"}, "probe"),
     ],
 )
 def test_a_wrong_entry_is_refused(fields, expected):

@@ -73,3 +73,11 @@ def test_a_peer_known_by_name_is_refused_with_the_fix():
 def test_covers():
     assert firewall_covers(["10.0.0.0/8"], "10.89.42.1")
     assert not firewall_covers(["192.0.2.0/24", "fd00::/8"], "10.89.42.1")
+
+
+def test_a_llama_cpp_server_on_a_host_is_opened_like_a_replica():
+    settings = {**SETTINGS, "local_model_servers": [{"name": "gguf", "port": 11405}], "address": "10.5.0.10"}
+    rules = _by_port(firewall_rules("llm", _catalog("10.5.0.10"), GROUPS, settings))
+    assert set(rules) == {22, 9100, 11400, 11405}
+    assert (rules[11405]["daddr"], rules[11405]["ipv4"]) == ("10.5.0.10", ["10.5.0.20", "10.5.0.30"])
+    assert rules[11405]["name"] == "model gguf"

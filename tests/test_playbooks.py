@@ -1,5 +1,6 @@
 """site.yml parses against production; preflight stops bad input with the fix named."""
 
+import hashlib
 import json
 
 import pytest
@@ -230,7 +231,7 @@ def test_gateway_preflight_rejects_bad_catalog_gateway_settings(ansible, route):
     text = " ".join((out.stdout + out.stderr).split())
     assert out.returncode != 0
     assert "model chat-a: gateway:" in text
-    assert "allowed keys are fallbacks, timeout_s" in text
+    assert "allowed keys are fallbacks, cache, timeout_s" in text
 
 
 @pytest.mark.parametrize(
@@ -249,3 +250,50 @@ def test_preflight_names_the_models_without_an_api_key_never_a_key(ansible, keys
     assert "vault_citadel_model_api_keys" in text  # ... and the fix
     for key in keys.values():
         assert key not in text
+
+
+EXTERNAL = {"name": "gguf", "base_url": "http://127.0.0.1:11405/v1", "capabilities": ["chat"], "tier": "lightweight",
+            "latency_ms": {"avg": 500, "p95": 900}}  # fmt: skip
+
+
+def test_preflight_passes_a_model_at_a_base_url_served_by_llama_cpp(ansible, tmp_path):
+    binary, gguf = tmp_path / "llama-server", tmp_path / "m.gguf"
+    binary.write_text("#!/bin/sh\n")
+    binary.chmod(0o755)
+    gguf.write_bytes(b"GGUF")
+    server = {"name": "gguf", "port": 11405, "gguf": str(gguf), "sha256": hashlib.sha256(b"GGUF").hexdigest()}
+    extra = {"llama_cpp_server_models": [server], "llama_cpp_server_binary": str(binary)}
+    out = _preflight(ansible, "-e", json.dumps(extra), catalog=[*VALID_CATALOG, EXTERNAL])
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr
+
+
+@pytest.mark.parametrize(
+    ("server", "expected"),
+    [
+        ({"name": "nameless"}, "llama_cpp_server_models entry nameless on preflight-probe: it needs a catalog entry"),
+        ({"port": 11400}, "that no catalog replica on this host uses (11400, 11401)"),
+        ({"port": 11406}, "with base_url http://127.0.0.1:11406/v1"),
+        ({"sha256": "0" * 64}, "GGUF files missing or not matching their sha256: gguf"),
+    ],
+)
+def test_preflight_refuses_a_llama_cpp_server_that_does_not_match_the_catalog(ansible, tmp_path, server, expected):
+    binary, gguf = tmp_path / "llama-server", tmp_path / "m.gguf"
+    binary.write_text("#!/bin/sh\n")
+    binary.chmod(0o755)
+    gguf.write_bytes(b"GGUF")
+    good = {"name": "gguf", "port": 11405, "gguf": str(gguf), "sha256": hashlib.sha256(b"GGUF").hexdigest()}
+    extra = {"llama_cpp_server_models": [{**good, **server}], "llama_cpp_server_binary": str(binary)}
+    out = _preflight(ansible, "-e", json.dumps(extra), catalog=[*VALID_CATALOG, EXTERNAL])
+    text = " ".join((out.stdout + out.stderr).split())
+    assert out.returncode != 0
+    assert expected in text, text[-3000:]
+
+
+def test_preflight_names_a_base_url_model_without_a_key(ansible):
+    keys = {m["name"]: f"preflight-model-key-{m['name']}-0123456789abcdef" for m in VALID_CATALOG}
+    out = _preflight(ansible, "-e", json.dumps({"citadel_model_api_keys": {**keys, "gguf": "has space"}}),
+                     catalog=[*VALID_CATALOG, EXTERNAL])  # fmt: skip
+    text = " ".join((out.stdout + out.stderr).split())
+    assert out.returncode != 0
+    assert "has no usable key for gguf" in text
+    assert "has space" not in text

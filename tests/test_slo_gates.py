@@ -167,7 +167,7 @@ def test_comparison_pairs_gateway_with_direct():
 
 def test_lab_catalog_and_replicas_from_inventory():
     models = {m.name: m for m in catalog.load(REPO / "inventory/lab")}
-    assert set(models) == {"smollm2-135m", "all-minilm-l6-v2"}
+    assert set(models) == {"smollm2-135m", "all-minilm-l6-v2", "smollm2-gguf"}
     chat = models["smollm2-135m"]
     # Whatever the lab catalog file says, read through ansible-inventory.
     lab = yaml.safe_load((REPO / "inventory/lab/group_vars/lab/models.yml").read_text())["citadel_models"]
@@ -176,6 +176,8 @@ def test_lab_catalog_and_replicas_from_inventory():
     assert chat.replicas == ("http://127.0.0.1:11403", "http://127.0.0.1:11413")
     assert models["all-minilm-l6-v2"].replicas == ("http://127.0.0.1:11404",)
     assert models["all-minilm-l6-v2"].is_embedding
+    # served at a base_url (llama.cpp): no replica of the inventory
+    assert (models["smollm2-gguf"].replicas, models["smollm2-gguf"].port) == ((), None)
 
 
 def test_production_catalog_targets_from_source_documents():
@@ -330,6 +332,10 @@ def test_mix_follows_capabilities():
         ("smollm2-135m", "stream"): 2,
         ("smollm2-135m", "completion"): 2,
         ("all-minilm-l6-v2", "embeddings"): 3,
+        ("smollm2-gguf", "chat short"): 4,
+        ("smollm2-gguf", "chat medium"): 1,
+        ("smollm2-gguf", "stream"): 2,
+        ("smollm2-gguf", "completion"): 2,
     }
     only_embeddings = lf.build_plan(lab, lf._parse_mix("embeddings=1,chat_short=0"))
     assert [(m.name, kind) for m, kind, _ in only_embeddings] == [("all-minilm-l6-v2", "embeddings")]

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import json
 import socket
-import threading
 import time
 
 import pytest
@@ -20,40 +19,6 @@ from citadel_gateway.limits import LimiterTimeout, RedisLimiter
 from conftest import base_config, wait_ready
 
 UPPER = 5.0
-
-
-class SilentListener:
-    """Accepts TCP connections and never says a word (a Redis that hangs after the connect)."""
-
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0), backlog=64)
-        self.port = self.sock.getsockname()[1]
-        self.held: list[socket.socket] = []
-        self.thread = threading.Thread(target=self._accept, daemon=True)
-        self.thread.start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                s, _ = self.sock.accept()
-            except OSError:
-                return
-            self.held.append(s)
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_RDWR)
-        self.sock.close()
-        self.thread.join(UPPER)
-        for s in self.held:
-            s.close()
-
-
-@pytest.fixture
-def silent():
-    s = SilentListener()
-    yield s
-    s.close()
 
 
 @pytest.fixture

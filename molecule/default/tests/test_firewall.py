@@ -41,6 +41,8 @@ def expected(name: str) -> dict[tuple[int, str | None], set]:
     for model in lab_inventory.models_on(name):
         replica = lab_inventory.replica(name, model)
         rules.setdefault((replica["port"], replica["address"]), set()).update(gateways | monitors | admin)
+    for server in lab_inventory.hostvars(name).get("llama_cpp_server_models", []):  # a model at a base_url
+        rules.setdefault((server["port"], lab_inventory.address(name)), set()).update(gateways | monitors | admin)
     if name in GATEWAYS:
         rules.setdefault((8000, None), set()).update(ANYWHERE)
         rules.setdefault((8001, None), set()).update(monitors | admin)

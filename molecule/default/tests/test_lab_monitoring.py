@@ -48,6 +48,8 @@ def expected_targets() -> set[tuple[str, str, str]]:
     out = {("vllm", host, model["name"]) for host, model in REPLICAS}
     out |= {("llm_gateway", host, "") for host in GATEWAYS}
     out |= {("node", host, "") for host in ALL_HOSTS}
+    # models at a base_url, at their metrics_url (llama.cpp's, with the model's key)
+    out |= {(f"external_{m['name']}", "", m["name"]) for m in lab_inventory.models() if m.get("metrics_url")}
     return out
 
 

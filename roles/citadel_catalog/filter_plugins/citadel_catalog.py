@@ -6,6 +6,12 @@ each replica has one endpoint: the address its vLLM server binds, the gateways d
 scrapes and the firewall opens. That address is the host's ``citadel_address`` (its ansible_host,
 else its inventory name, unless set apart from the management address).
 
+An entry with ``base_url`` instead of ``source``/``group``/``port`` is an *external* model: any
+OpenAI-compatible server this repository does not install (a provider, Ollama, llama.cpp, a vLLM
+cluster run elsewhere). It has no replicas (no host serves it, no firewall opens for it, nothing is
+installed); the gateway dials its base URL with its key, and Prometheus scrapes it only at its
+``metrics_url``.
+
 A catalog with mistakes raises one error listing every one of them, each naming the model and
 the fix, before any host changes (playbooks/preflight.yml evaluates it first). The GPU checks
 are citadel_gpus.py's.
@@ -17,6 +23,7 @@ import importlib.util
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from ansible.errors import AnsibleFilterError
 
@@ -42,10 +49,17 @@ GATEWAY_NUMBERS = (
     "chunk_gap_timeout_s",
     "stream_max_s",
     "tokens_per_s",
+    "retry_attempts",
 )
 FIELDS = ("name", "aliases", "source", "group", "port", "engine", "resources", "env", "capabilities", "tier",
           "latency_ms", "gateway")  # fmt: skip
 REQUIRED = ("source", "group", "port", "capabilities", "tier", "latency_ms")
+# An external model (base_url): what the gateway needs to use it, nothing to install.
+EXTERNAL_FIELDS = ("name", "aliases", "base_url", "api_key_header", "probe", "metrics_url", "capabilities", "tier",
+                   "latency_ms", "gateway")  # fmt: skip
+EXTERNAL_REQUIRED = ("base_url", "capabilities", "tier", "latency_ms")
+PROBES = ("models", "request", "full")  # the gateway's health probe kinds (external default: models)
+_HEADER_NAME = re.compile(r"^[A-Za-z0-9-]+$")
 SOURCE_FIELDS = ("hf_repo", "revision", "path", "sha256sums")
 RESOURCE_FIELDS = ("memory_max", "cpu_quota", "gpus")
 _REVISION = re.compile(r"^[0-9a-f]{40}$")
@@ -90,26 +104,8 @@ def _check_source(name: str, source, problems: list[str]) -> None:
         )
 
 
-def _check_entry(name: str, m: Mapping, problems: list[str]) -> bool:
-    """Every field of one entry; False when one the later checks need is missing or unusable."""
-    unknown = sorted(set(m) - set(FIELDS))
-    if unknown:
-        problems.append(f"model {name}: unknown fields {', '.join(unknown)}; the fields are {', '.join(FIELDS)}.")
-    missing = [f for f in REQUIRED if f not in m]
-    if missing:
-        problems.append(
-            f"citadel_models entry {name} lacks a field: {', '.join(missing)}. Every model needs "
-            "name, source, group, port (1-65535), capabilities (non-empty list), tier and latency_ms {avg, p95}."
-        )
-        return False
-    _check_source(name, m["source"], problems)
-    port = m["port"]
-    usable = isinstance(port, int) and not isinstance(port, bool) and 0 < port < 65536
-    if not usable:
-        problems.append(f"model {name}: port {port!r} is not a TCP port (1-65535).")
-    if not isinstance(m["group"], str):
-        problems.append(f"model {name}: group must be the name of an inventory group, not {m['group']!r}.")
-        usable = False
+def _check_served(name: str, m: Mapping, problems: list[str]) -> None:
+    """What the gateway serves a model by, wherever it runs: capabilities, tier, latency, aliases."""
     caps = m["capabilities"]
     if not _strings(caps) or not caps or set(caps) - set(CAPABILITIES) or m["tier"] not in TIERS:
         problems.append(
@@ -122,6 +118,79 @@ def _check_entry(name: str, m: Mapping, problems: list[str]) -> bool:
             f"model {name}: latency_ms {latency!r} needs avg and p95 in milliseconds, both > 0 "
             "(the gateway's auto choice, the latency alert and the load test's gate), e.g. {avg: 500, p95: 750}."
         )
+    if not _strings(m.get("aliases", [])):
+        problems.append(f"model {name}: aliases must be a list of names, not {m['aliases']!r}.")
+
+
+def _url_problem(value) -> str | None:
+    """Why ``value`` is not an http(s) URL the gateway can dial (None: it is)."""
+    u = urlsplit(value) if isinstance(value, str) else None
+    if u is None or u.scheme not in ("http", "https") or not u.hostname or u.query or u.fragment or "@" in u.netloc:
+        return "must be an http(s)://host[:port][/path] URL with no credentials, query or fragment"
+    try:
+        u.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        return "has a bad port"
+    return None
+
+
+def _check_external(name: str, m: Mapping, problems: list[str]) -> bool:
+    """An external entry's own fields; False when one the later checks need is missing."""
+    unknown = sorted(set(m) - set(EXTERNAL_FIELDS))
+    if unknown:
+        problems.append(
+            f"model {name}: unknown fields {', '.join(unknown)} for a model at a base_url (installed nowhere); "
+            f"its fields are {', '.join(EXTERNAL_FIELDS)}."
+        )
+    missing = [f for f in EXTERNAL_REQUIRED if f not in m]
+    if missing:
+        problems.append(
+            f"citadel_models entry {name} lacks a field: {', '.join(missing)}. A model at a base_url needs "
+            "base_url, capabilities (non-empty list), tier and latency_ms {avg, p95}."
+        )
+        return False
+    for field in ("base_url", "metrics_url"):
+        why = _url_problem(m[field]) if field in m else None
+        if why:
+            problems.append(f"model {name}: {field} {m[field]!r} {why}, e.g. http://ollama-01:11434/v1.")
+    if m.get("probe", "models") not in PROBES:
+        problems.append(
+            f"model {name}: probe {m['probe']!r} is not one of {', '.join(PROBES)} (models: the listing only, "
+            "nothing a provider bills; request: plus a 1-token request; full: plus GET /health, as vLLM)."
+        )
+    if not _HEADER_NAME.match(str(m.get("api_key_header", "Authorization"))):
+        problems.append(
+            f"model {name}: api_key_header {m['api_key_header']!r} is not a header name "
+            "(Authorization sends `Bearer KEY`; another name, e.g. api-key, the bare key)."
+        )
+    _check_served(name, m, problems)
+    return True
+
+
+def _check_entry(name: str, m: Mapping, problems: list[str]) -> bool:
+    """Every field of one entry; False when one the later checks need is missing or unusable."""
+    if "base_url" in m:
+        return _check_external(name, m, problems)
+    unknown = sorted(set(m) - set(FIELDS))
+    if unknown:
+        problems.append(f"model {name}: unknown fields {', '.join(unknown)}; the fields are {', '.join(FIELDS)}.")
+    missing = [f for f in REQUIRED if f not in m]
+    if missing:
+        problems.append(
+            f"citadel_models entry {name} lacks a field: {', '.join(missing)}. Every model needs "
+            "name, source, group, port (1-65535), capabilities (non-empty list), tier and latency_ms {avg, p95}; "
+            "or, served by a server this repository does not install, base_url instead of source, group and port."
+        )
+        return False
+    _check_source(name, m["source"], problems)
+    port = m["port"]
+    usable = isinstance(port, int) and not isinstance(port, bool) and 0 < port < 65536
+    if not usable:
+        problems.append(f"model {name}: port {port!r} is not a TCP port (1-65535).")
+    if not isinstance(m["group"], str):
+        problems.append(f"model {name}: group must be the name of an inventory group, not {m['group']!r}.")
+        usable = False
+    _check_served(name, m, problems)
     for field in ("engine", "resources", "env"):
         if not isinstance(m.get(field, {}), Mapping):
             problems.append(f"model {name}: {field} must be a mapping, not {m[field]!r}.")
@@ -141,21 +210,26 @@ def _check_entry(name: str, m: Mapping, problems: list[str]) -> bool:
                 f"model {name}: env {', '.join(map(str, bad))}: names are letters, digits and _ (not first), "
                 "values one line."
             )
-    if not _strings(m.get("aliases", [])):
-        problems.append(f"model {name}: aliases must be a list of names, not {m['aliases']!r}.")
     return usable
 
 
 def _check_gateway(name: str, route, names: list[str], problems: list[str]) -> None:
-    fields = ("fallbacks",) + GATEWAY_NUMBERS
+    fields = ("fallbacks", "cache") + GATEWAY_NUMBERS
     bad = not isinstance(route, Mapping) or set(route) - set(fields)
-    bad = bad or any(not _number(v) or v < 0 for k, v in route.items() if k != "fallbacks")
+    bad = bad or any(not _number(v) or v < 0 for k, v in route.items() if k not in ("fallbacks", "cache"))
+    bad = bad or not isinstance(route.get("cache", False), bool)
     if bad:
         problems.append(
             f"model {name}: gateway: {route!r} — allowed keys are {', '.join(fields)}; every one but fallbacks "
-            "is a number >= 0 (tokens_per_s: 0 turns the stream cap off)."
+            "and cache (true or false) is a number >= 0 (tokens_per_s: 0 turns the stream cap off)."
         )
         return
+    attempts = route.get("retry_attempts", 1)
+    if not isinstance(attempts, int) or attempts < 1:
+        problems.append(
+            f"model {name}: gateway.retry_attempts {attempts!r} must be a whole number >= 1 "
+            "(sends per request, retries included)."
+        )
     fallbacks = route.get("fallbacks", [])
     if not _strings(fallbacks) or set(fallbacks) - set(names) or name in fallbacks:
         problems.append(
@@ -200,7 +274,11 @@ def citadel_catalog(models, groups, hostvars) -> list[dict]:
             f"citadel_models uses these names or aliases more than once: {', '.join(twice)}. "
             "Each name and alias must point at one model."
         )
-    shaped = [m for m, ok in entries if ok and all(isinstance(m.get(f, {}), Mapping) for f in ("engine", "resources"))]
+    shaped = [
+        m
+        for m, ok in entries
+        if ok and "base_url" not in m and all(isinstance(m.get(f, {}), Mapping) for f in ("engine", "resources"))
+    ]
     problems += _gpus.gpu_problems(shaped, lambda m: groups.get(m["group"], []))
     out = []
     taken: dict[tuple[str, int], str] = {}  # (host, port) -> model
@@ -209,6 +287,10 @@ def citadel_catalog(models, groups, hostvars) -> list[dict]:
             continue
         name = m["name"]
         _check_gateway(name, m.get("gateway", {}), names, problems)
+        if "base_url" in m:
+            if not problems:
+                out.append(_external(m))
+            continue
         replicas = _replicas(name, m, groups, hostvars, problems)
         for r in replicas:
             other = taken.setdefault((r["host"], r["port"]), name)
@@ -229,11 +311,33 @@ def citadel_catalog(models, groups, hostvars) -> list[dict]:
                 "env": dict(m.get("env", {})),
                 "gateway": route,
                 "replicas": replicas,
+                "kind": "vllm",
+                "base_url": None,
             }
         )
     if problems:
         raise AnsibleFilterError("The model catalog (citadel_models) is not valid:\n- " + "\n- ".join(problems))
     return out
+
+
+def _external(m: Mapping) -> dict:
+    """A model at a base_url: the shape of every entry, nothing to install, no replica on any host."""
+    return {
+        **m,
+        "kind": "external",
+        "base_url": m["base_url"].rstrip("/"),
+        "aliases": list(m.get("aliases", [])),
+        "probe": m.get("probe", "models"),
+        "api_key_header": m.get("api_key_header", "Authorization"),
+        "metrics_url": m.get("metrics_url"),
+        "group": None,
+        "port": None,
+        "engine": {},
+        "resources": {},
+        "env": {},
+        "gateway": {"fallbacks": [], **m.get("gateway", {})},
+        "replicas": [],
+    }
 
 
 def _resources(resources: Mapping) -> dict:

@@ -68,6 +68,10 @@ def firewall_rules(host: str, catalog, groups, settings: Mapping) -> list[dict]:
                 sources = [*gateways, *monitors, *settings["model_extra_sources"]]
                 what = "the gateway and monitoring hosts, firewall_model_extra_sources"
                 wanted.append((f"model {model['name']}", replica["port"], replica["address"], sources, what))
+    for server in settings.get("local_model_servers", []):
+        sources = [*gateways, *monitors, *settings["model_extra_sources"]]
+        what = "the gateway and monitoring hosts, firewall_model_extra_sources"
+        wanted.append((f"model {server['name']}", server["port"], settings["address"], sources, what))
     if host in settings["gpu_hosts"]:
         wanted.append(("dcgm exporter", settings["dcgm_exporter_port"], None, scrapers, scrapers_are))
     if host in groups.get(settings["gateway_group"], []):

@@ -18,7 +18,7 @@ import time
 
 import orjson
 
-from . import auth, selection
+from . import auth, cache, selection
 from . import config as C
 from .accesslog import line
 from .admission import Slot, rate_limit, rate_limit_now, within_budget
@@ -273,6 +273,13 @@ class Gateway(Runtime):
                 refused = await within_budget(self.ledger, st.cfg.rate_limit.on_redis_error, self._limiter_error, key)
             if refused is not None:
                 return await self._deny(out, req, refused)
+        keep = None
+        if model.cfg.cache or (key is not None and key.cache):
+            hit, keep = await cache.lookup(self, obj, model.name, req, headers, out)
+            if hit is not None:
+                return hit
+            if keep is not None:
+                out = keep.recorder  # passes the answer on and keeps a copy
         if stream and req.endpoint != "embeddings":
             req.hide_usage = ask_for_usage(obj)  # the tokens of a stream come only when asked for
         if model.name != name or req.hide_usage:
@@ -287,6 +294,8 @@ class Gateway(Runtime):
                 refused = await Forward(self, st, req, obj, body, out, slot).run(model, stream)
             if isinstance(refused, Denied):
                 return await self._deny(out, req, refused)
-            return refused
         finally:
             slot.release()
+        if keep is not None and refused == 200:
+            await keep.done(self.metrics, model.name, req.cut)
+        return refused

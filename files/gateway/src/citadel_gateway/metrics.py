@@ -46,6 +46,7 @@ class Metrics:
         self.key_requests: dict[tuple, float] = {}  # (key, model, status)
         self.key_tokens: dict[tuple, float] = {}  # (key, model, type)
         self.limiter_errors: dict[tuple, float] = {}  # () : the Redis limiter failed to answer
+        self.cache: dict[tuple, float] = {}  # (model, result): hit, miss, bypass, error (cache.py)
         # usage records (records/writer.py): events by outcome
         self.usage_events = dict.fromkeys(("queued", "written", "journaled", "replayed", "dropped"), 0)
         self.state = None  # gateway.State, read at scrape time
@@ -124,6 +125,12 @@ class Metrics:
         )
         yield self._counter(
             "llm_key_tokens", "Tokens reported in upstream usage, by API key", ["key", "model", "type"], self.key_tokens
+        )
+        yield self._counter(
+            "llm_cache_requests",
+            "Cacheable requests by result: hit, miss, bypass (Cache-Control), error (the store did not answer)",
+            ["model", "result"],
+            self.cache,
         )
         yield self._counter(
             "llm_rate_limiter_errors",

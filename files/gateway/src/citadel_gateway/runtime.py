@@ -12,6 +12,7 @@ from . import auth
 from . import config as C
 from .accesslog import AccessLog
 from .budgets import make_ledger
+from .cache import make_store
 from .limits import MemoryLimiter, RedisLimiter
 from .metrics import Metrics, inc
 from .records import UsageWriter
@@ -33,6 +34,7 @@ class Runtime:
         self.pool = Pool(cfg.upstream.connect_timeout_s)
         self.limiter = self._make_limiter(cfg)
         self.ledger = make_ledger(self.limiter, self._limiter_error)  # token budgets, in the limiter's store
+        self.cache = make_store(self.limiter, cfg.cache)  # the response cache, in the limiter's store
         self.failed_auth = auth.FailedAuthThrottle()
         self.access = AccessLog(log_stream, cfg.server.access_log)
         self.usage = self._make_usage(cfg)
@@ -107,6 +109,8 @@ class Runtime:
             prev, self.limiter = self.limiter, self._make_limiter(cfg)
             prev_ledger, self.ledger = self.ledger, make_ledger(self.limiter, self._limiter_error)
             self._spawn(self._close_limiter(prev, prev_ledger))
+        if cfg.rate_limit != old.cfg.rate_limit or cfg.cache != old.cfg.cache:
+            self.cache = make_store(self.limiter, cfg.cache)
         if cfg.usage != old.cfg.usage:
             # the old writer inserts or journals what it holds, then the new one starts (and
             # replays that journal when the directory is the same); rows meanwhile wait in its queue

@@ -19,6 +19,7 @@ from .schema import (
     TIERS,
     ApiKey,
     Auth,
+    Cache,
     Circuit,
     Config,
     ConfigError,
@@ -86,6 +87,14 @@ _SIMPLE = {
             "wait_timeout_s": _num,
         },
     ),
+    "cache": (
+        Cache,
+        {
+            "ttl_s": lambda p, v: _num(p, v, exclusive=True),
+            "max_entry_bytes": lambda p, v: _num(p, v, integer=True, minimum=1),
+            "max_entries": lambda p, v: _num(p, v, integer=True, minimum=1),
+        },
+    ),
     # usage.password_file is read in parse() (the secret goes into Usage.password)
     "usage": (
         Usage,
@@ -112,7 +121,9 @@ def _section(name: str, raw: Any):
 
 
 def _key(path: str, raw: Any) -> ApiKey:
-    m = _map(path, raw, ("name", "sha256", "models", "rpm", "burst", "admin", "daily_tokens", "monthly_tokens"))
+    m = _map(
+        path, raw, ("name", "sha256", "models", "rpm", "burst", "admin", "daily_tokens", "monthly_tokens", "cache")
+    )
     for req in ("name", "sha256"):
         if req not in m:
             raise ConfigError(f"{path}.{req}: required")
@@ -131,6 +142,7 @@ def _key(path: str, raw: Any) -> ApiKey:
         admin=_bool(f"{path}.admin", m.get("admin", False)),
         daily_tokens=_num(f"{path}.daily_tokens", m.get("daily_tokens", 0), integer=True, minimum=0),
         monthly_tokens=_num(f"{path}.monthly_tokens", m.get("monthly_tokens", 0), integer=True, minimum=0),
+        cache=_bool(f"{path}.cache", m.get("cache", False)),
     )
 
 
@@ -153,6 +165,7 @@ _MODEL_KEYS = (
     "upstream_ca_file",
     "probe",
     "retry_attempts",
+    "cache",
 )
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9-]+$")
 
@@ -221,6 +234,7 @@ def _model(path: str, raw: Any) -> Model:
         upstream_key_header=header,
         upstream_ca_file=ca_file,
         probe=probe,
+        cache=_bool(f"{path}.cache", m.get("cache", False)),
         **opt,
     )
 
@@ -254,7 +268,9 @@ def _check_metrics_port(server: Server) -> None:
 def parse(raw: Any) -> Config:
     """Validate a parsed YAML document and return a Config."""
     top = _map(
-        "", raw, ("server", "auth", "rate_limit", "health", "circuit", "retry", "upstream", "queue", "usage", "models")
+        "",
+        raw,
+        ("server", "auth", "rate_limit", "health", "circuit", "retry", "upstream", "queue", "usage", "cache", "models"),
     )
     usage = dict(_map("usage", top.get("usage"), (*_SIMPLE["usage"][1], "password_file")))
     usage_password = _password_file("usage.password_file", usage.pop("password_file", None))

@@ -51,6 +51,7 @@ class ApiKey:
     # Shared by every gateway through the rate limiter's store (budgets.py).
     daily_tokens: int = 0
     monthly_tokens: int = 0
+    cache: bool = False  # its deterministic requests are answered from the response cache (cache.py)
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,16 @@ class RateLimit:
     # like any other and goes through on_redis_error.
     connect_timeout_s: float = 0.25
     timeout_s: float = 0.25
+
+
+@dataclass(frozen=True)
+class Cache:
+    """The response cache (cache.py), used for models and keys that turn it on; kept in the rate
+    limiter's store (Redis: shared by every gateway; memory: this process, at most max_entries)."""
+
+    ttl_s: float = 300
+    max_entry_bytes: int = 1024 * 1024
+    max_entries: int = 10000
 
 
 @dataclass(frozen=True)
@@ -144,6 +155,7 @@ class Model:
     upstream_ca_file: str | None = None  # https replicas: the CA to verify them by (default: the system's)
     probe: str = "full"
     retry_attempts: int | None = None  # sends per request (default: retry.attempts)
+    cache: bool = False  # deterministic requests answered from the response cache (cache.py)
 
 
 @dataclass(frozen=True)
@@ -174,4 +186,5 @@ class Config:
     upstream: Upstream = field(default_factory=Upstream)
     queue: Queue = field(default_factory=Queue)
     usage: Usage = field(default_factory=Usage)
+    cache: Cache = field(default_factory=Cache)
     models: tuple[Model, ...] = ()
