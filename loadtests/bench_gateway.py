@@ -273,17 +273,28 @@ def start_stub(args, logdir: Path) -> tuple[Service, str]:
 
 
 def start_gateway(
-    args, exe: str, stub: str, key: str, logdir: Path, tls: bool = False, usage: str | None = None, name: str = ""
+    args,
+    exe: str,
+    stub: str,
+    key: str,
+    logdir: Path,
+    tls: bool = False,
+    usage: str | None = None,
+    name: str = "",
+    cache: bool = False,
 ) -> Target:
     """Ours with every hot-path feature on; ``tls``: the same over HTTPS (gateway-tls), with a
     certificate from lab/tls.sh that the harness's clients trust (TLS); ``usage``: the config's
-    usage section (bench/usage_db.py), None for none."""
+    usage section (bench/usage_db.py), None for none; ``cache``: the model's response cache on
+    (the benchmark's request is greedy: every one after the first is a hit)."""
     name = name or ("gateway-tls" if tls else "gateway")
     port = free_port()
     tmpl = string.Template((HERE / "bench/gateway.yaml.tmpl").read_text())
     cfg = logdir / f"{name}.yaml"
     text = tmpl.substitute(port=port, key_sha256=hashlib.sha256(key.encode()).hexdigest(), model=MODEL, stub_url=stub)
     text += usage or ""
+    if cache:
+        text = text.replace("    replicas: [", "    cache: true\n    replicas: [", 1)
     if tls:
         pki = logdir / "tls"
         subprocess.run([str(ROOT / "lab/tls.sh"), str(pki), "IP:127.0.0.1"], check=True)
@@ -555,6 +566,11 @@ def parse_args() -> argparse.Namespace:
         p.add_argument(f"--no-{name}", action="store_true", help=f"leave out {name}")
     p.add_argument("--no-tls", action="store_true", help="leave out gateway-tls (ours over HTTPS)")
     p.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="leave out gateway-cached (ours answering from its response cache, in the paired c=1 run)",
+    )
+    p.add_argument(
         "--no-usage",
         action="store_true",
         help="ours without usage records in PostgreSQL, and no gateway-nousage (the accounting's cost)",
@@ -598,9 +614,11 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def run_rounds(args, targets: list[Target], key: str, stub: Service, concs: list[int], run_async, kinds) -> tuple:
+def run_rounds(
+    args, targets: list[Target], key: str, stub: Service, concs: list[int], run_async, kinds, paired_only=()
+) -> tuple:
     """Interleaved: every round runs every concurrency for every target, order rotated per round,
-    then the paired c=1 run and the streams."""
+    then the paired c=1 run (with ``paired_only`` too: gateway-cached) and the streams."""
     runs: list[dict] = []
     stream_runs: list[dict] = []
     paired_runs: list[dict] = []
@@ -622,6 +640,7 @@ def run_rounds(args, targets: list[Target], key: str, stub: Service, concs: list
         if args.paired_seconds > 0:
             # c=1 again, request by request across direct, ours and the Rust routers (bench/paired.py)
             group = [t for t in order if t.name in ("direct", "gateway") or kinds.get(t.name) == "rust"]
+            group += list(paired_only)
             settle([stub.pid] + [t.svc.pid for t in group if t.svc])
             res = paired.run([(t.name, t.base, t.headers) for t in group], key, MODEL, args.paired_seconds)
             for name, r in res.items():
@@ -720,7 +739,8 @@ def main() -> int:
         "gateway": None,
         "versions": {pr.name: pr.version(CACHE) for pr in args.peer_list},
         "kinds": {pr.name: pr.kind for pr in args.peer_list}
-        | {"gateway": "ours", "gateway-tls": "ours", "gateway-nousage": "ours", "bare": "reference"},
+        | {"gateway": "ours", "gateway-tls": "ours", "gateway-nousage": "ours", "gateway-cached": "ours"}
+        | {"bare": "reference"},
         "left_out": args.left_out,
         "logdir": str(logdir),
     }
@@ -729,6 +749,7 @@ def main() -> int:
     try:
         stub, stub_base = start_stub(args, logdir)
         targets = [Target("direct", stub_base, None)]
+        paired_only: list[Target] = []  # in the paired c=1 run only
         if gw_exe:
             db = None if args.no_usage else usage_db.start(free_port())
             usage = usage_db.config(db, logdir, "gateway") if db is not None else None
@@ -747,6 +768,9 @@ def main() -> int:
             if db is not None:
                 targets.append(start_gateway(args, gw_exe, stub_base, key, logdir, name="gateway-nousage"))
                 meta["versions"]["gateway-nousage"] = meta["gateway"]["version"]
+            if not args.no_cache:
+                cached = start_gateway(args, gw_exe, stub_base, key, logdir, name="gateway-cached", cache=True)
+                paired_only.append(cached)
         else:
             print("gateway: citadel-gateway not found (make the gateway venv: files/gateway/scripts/venv.sh)")
         if not args.no_bare:
@@ -759,7 +783,9 @@ def main() -> int:
             f"peers: {', '.join(f'{n} {v}' for n, v in meta['versions'].items() if not n.startswith('gateway')) or '-'}"
             f"   left out: {', '.join(args.left_out) or '-'}"
         )
-        runs, stream_runs, paired_runs = run_rounds(args, targets, key, stub, concs, run_async, meta["kinds"])
+        runs, stream_runs, paired_runs = run_rounds(
+            args, targets, key, stub, concs, run_async, meta["kinds"], paired_only
+        )
         if gw_exe:
             served = sum(r["requests"] for r in runs if r["target"] == "gateway")
             served += sum(r["requests"] for r in paired_runs if r["target"] == "gateway")
@@ -779,9 +805,10 @@ def main() -> int:
 
     names = [t.name for t in targets]
     summary, ssum = summarize(runs, stream_runs, names, concs)
-    table = systems_table(summary, ssum, names, concs, meta, paired_added(paired_runs))
+    paired = paired_added(paired_runs)
+    table = systems_table(summary, ssum, names, concs, meta, paired)
     report(args, summary, ssum, table, names, concs)
-    checks = evaluate(args, summary, ssum, table, concs, hard, cost)
+    checks = evaluate(args, summary, ssum, table, concs, hard, cost, paired)
     print_targets(checks, summary, names, concs)
     if profile:
         print_profile(profile)
