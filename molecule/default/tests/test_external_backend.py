@@ -113,15 +113,15 @@ def test_backend_down_fails_over_to_the_vllm_model_under_load():
         r = probe.report
         assert min(r.ok.values()) > 0, str(r)
         # Only what was in flight when systemd killed it (one request per probe worker) may fail,
-        # and visibly: a stream cut (never a clean end), a plain request 502 (both its attempts,
-        # the model's retry_attempts, went to the dying server before the fallback was due).
+        # and visibly: a 502 (both its attempts, the model's retry_attempts, reached the dying
+        # server before the fallback was due; seen in CI) or a stream cut (never a clean end).
         assert len(r.failed) <= 2, str(r)
         for t, kind, what in r.failed:
             assert stopping <= t <= stopped + 2, str(r)
-            if kind == "stream":
-                assert "IncompleteRead" in what or "error event" in what, str(r)
-            else:
-                assert what.startswith("HTTP 502"), str(r)
+            visible = what.startswith("HTTP 502") or (
+                kind == "stream" and ("IncompleteRead" in what or "error event" in what)
+            )
+            assert visible, str(r)
         assert _gateway_chat() == (200, FALLBACK)
     finally:
         llm.run("systemctl start %s", UNIT)
