@@ -117,7 +117,7 @@ def test_backend_down_fails_over_to_the_vllm_model_under_load():
         # server before the fallback was due; seen in CI) or a stream cut (never a clean end).
         assert len(r.failed) <= 2, str(r)
         for t, kind, what in r.failed:
-            assert stopping <= t <= stopped + 2, str(r)
+            assert stopping <= t <= stopped + 5, str(r)  # + the retry backoff on a busy machine
             visible = what.startswith("HTTP 502") or (
                 kind == "stream" and ("IncompleteRead" in what or "error event" in what)
             )
