@@ -4,8 +4,12 @@ The operator tests (rolling restarts, drains, gateway restarts) run it while the
 operation runs: half the workers send non-streamed chats, half streamed ones.
 A non-streamed request counts as ok only with a 200 and a chat completion body;
 a stream only with a 200, at least one content chunk, `data: [DONE]` and a
-clean end of the chunked body. Everything else is recorded with its time and
-what was seen, so a failing test says what broke and when. Every request
+clean end of the chunked body. Each worker starts a request at most every
+`interval_s`: a steady load, not a flood (on the lab's 2 cores a closed loop
+of back-to-back chats starved the very playbooks under test: a gateway
+playbook took 26 s idle, 119 s at 0.5 s and 64 s at 1 s per worker).
+Everything else is recorded with its time and what was seen, so a failing test
+says what broke and when. Every request
 carries an `X-Request-Id` of `<prefix>-<n>`, the id of its usage row: the report
 keeps the ids of those that succeeded.
 """
@@ -55,10 +59,12 @@ class Probe:
         max_s: float = 1200,
         max_requests: int = 20000,
         timeout_s: float = 150,
+        interval_s: float = 1.0,
         tls: ssl.SSLContext | None = None,  # HTTPS, trusting what this context trusts
     ) -> None:
         self.key, self.host, self.port, self.model, self.tls = key, host, port, model, tls
         self.workers, self.max_s, self.max_requests, self.timeout_s = workers, max_s, max_requests, timeout_s
+        self.interval_s = interval_s
         self.report = Report()
         self.prefix = f"probe-{uuid.uuid4().hex[:12]}"
         self._seq = 0
@@ -83,7 +89,12 @@ class Probe:
 
     def _run(self, stream: bool) -> None:
         kind = "stream" if stream else "plain"
+        next_start = time.monotonic()
         while not self._stop.is_set() and time.monotonic() - self._t0 < self.max_s:
+            # the pace: wait for this worker's next start (or the stop)
+            if self._stop.wait(max(0.0, next_start - time.monotonic())):
+                return
+            next_start = max(next_start + self.interval_s, time.monotonic())
             with self._lock:
                 if self.report.total >= self.max_requests:
                     return
@@ -99,8 +110,6 @@ class Probe:
                     self.report.ids.append(rid)
                 else:
                     self.report.failed.append((time.monotonic() - self._t0, kind, what))
-            if what is not None:
-                time.sleep(0.2)  # a failing gateway is not hammered
 
     def _request(self, stream: bool, rid: str) -> http.client.HTTPResponse:
         body = {
