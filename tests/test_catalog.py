@@ -75,7 +75,7 @@ def test_gateway_settings_are_checked_even_when_another_field_is_wrong():
     text = str(pytest.raises(AnsibleFilterError, citadel_catalog, models, GROUPS, HOSTVARS).value)
     assert "tier 'huge' not known" in text
     assert "model chat: gateway:" in text
-    assert "every one but fallbacks and cache (true or false) is a number >= 0" in text
+    assert "every one but fallbacks, routing and cache (true or false) is a number >= 0" in text
 
 
 MULTIHOMED_CATALOG = json.dumps(
@@ -178,3 +178,23 @@ def test_the_gateway_cache_switch_is_a_boolean():
     }
     with pytest.raises(AnsibleFilterError, match="cache \\(true or false\\)"):
         citadel_catalog([_model("chat", 11400, gateway={"cache": "yes"})], GROUPS, HOSTVARS)
+
+
+def test_a_routing_policy_is_checked_with_its_fix():
+    routed = citadel_catalog(
+        [_model("chat", 11400, gateway={"routing": {"policy": "prefix_affinity", "load_factor": 1.5}})],
+        GROUPS,
+        HOSTVARS,
+    )[0]
+    assert routed["gateway"]["routing"] == {"policy": "prefix_affinity", "load_factor": 1.5}
+    for wrong in (
+        {"policy": "cache_aware"},
+        {"policy": "prefix_affinity", "prefix_chars": 0},
+        {"policy": "prefix_affinity", "load_factor": 0.5},
+        {"policy": "prefix_affinity", "balance": 2},
+        "prefix_affinity",
+    ):
+        with pytest.raises(AnsibleFilterError) as raised:
+            citadel_catalog([_model("chat", 11400, gateway={"routing": wrong})], GROUPS, HOSTVARS)
+        assert "model chat: gateway.routing" in str(raised.value)
+        assert "policy is one of least_outstanding, prefix_affinity" in str(raised.value)

@@ -19,6 +19,7 @@ from citadel_catalog import (  # noqa: E402
     GATEWAY_NUMBERS,
     REQUIRED,
     RESOURCE_FIELDS,
+    ROUTING_POLICIES,
     SOURCE_FIELDS,
 )
 
@@ -41,7 +42,8 @@ def test_the_spec_names_the_fields_the_filter_checks():
     # required by both kinds of entry; the rest: source, group and port or base_url
     assert {k for k, v in entry.items() if v.get("required")} == {"name", *(set(REQUIRED) & set(EXTERNAL_REQUIRED))}
     assert set(REQUIRED) - set(EXTERNAL_REQUIRED) == {"source", "group", "port"}
-    assert set(entry["gateway"]["options"]) == {"fallbacks", "cache", *GATEWAY_NUMBERS}
+    assert set(entry["gateway"]["options"]) == {"fallbacks", "cache", "routing", *GATEWAY_NUMBERS}
+    assert entry["gateway"]["options"]["routing"]["options"]["policy"]["choices"] == list(ROUTING_POLICIES)
     assert set(entry["source"]["options"]) == set(SOURCE_FIELDS)
     assert set(entry["resources"]["options"]) == set(RESOURCE_FIELDS)
     assert all(v.get("description") for v in entry.values())

@@ -231,7 +231,7 @@ def test_gateway_preflight_rejects_bad_catalog_gateway_settings(ansible, route):
     text = " ".join((out.stdout + out.stderr).split())
     assert out.returncode != 0
     assert "model chat-a: gateway:" in text
-    assert "allowed keys are fallbacks, cache, timeout_s" in text
+    assert "allowed keys are fallbacks, cache, routing, timeout_s" in text
 
 
 @pytest.mark.parametrize(

@@ -40,6 +40,8 @@ _gpus = _sibling("citadel_gpus")
 
 CAPABILITIES = ("chat", "completion", "embedding", "code", "reasoning")
 TIERS = ("heavyweight", "lightweight", "embedding")
+# How the gateway chooses a model's replica (files/gateway routing.py).
+ROUTING_POLICIES = ("least_outstanding", "prefix_affinity")
 # The catalog's gateway settings (llm_gateway role): numbers >= 0 but for the fallback list.
 GATEWAY_NUMBERS = (
     "timeout_s",
@@ -213,17 +215,36 @@ def _check_entry(name: str, m: Mapping, problems: list[str]) -> bool:
     return usable
 
 
+def _check_routing(name: str, routing, problems: list[str]) -> None:
+    fix = (
+        f"model {name}: gateway.routing {routing!r} — policy is one of {', '.join(ROUTING_POLICIES)}; "
+        "prefix_chars a whole number >= 1; load_factor a number >= 1."
+    )
+    if not isinstance(routing, Mapping) or set(routing) - {"policy", "prefix_chars", "load_factor"}:
+        problems.append(fix)
+        return
+    chars, factor = routing.get("prefix_chars", 1), routing.get("load_factor", 1)
+    if (
+        routing.get("policy", "least_outstanding") not in ROUTING_POLICIES
+        or not isinstance(chars, int) or isinstance(chars, bool) or chars < 1
+        or not _number(factor) or factor < 1
+    ):  # fmt: skip
+        problems.append(fix)
+
+
 def _check_gateway(name: str, route, names: list[str], problems: list[str]) -> None:
-    fields = ("fallbacks", "cache") + GATEWAY_NUMBERS
+    fields = ("fallbacks", "cache", "routing") + GATEWAY_NUMBERS
     bad = not isinstance(route, Mapping) or set(route) - set(fields)
-    bad = bad or any(not _number(v) or v < 0 for k, v in route.items() if k not in ("fallbacks", "cache"))
+    bad = bad or any(not _number(v) or v < 0 for k, v in route.items() if k not in ("fallbacks", "cache", "routing"))
     bad = bad or not isinstance(route.get("cache", False), bool)
     if bad:
         problems.append(
-            f"model {name}: gateway: {route!r} — allowed keys are {', '.join(fields)}; every one but fallbacks "
-            "and cache (true or false) is a number >= 0 (tokens_per_s: 0 turns the stream cap off)."
+            f"model {name}: gateway: {route!r} — allowed keys are {', '.join(fields)}; every one but fallbacks, "
+            "routing and cache (true or false) is a number >= 0 (tokens_per_s: 0 turns the stream cap off)."
         )
         return
+    if "routing" in route:
+        _check_routing(name, route["routing"], problems)
     attempts = route.get("retry_attempts", 1)
     if not isinstance(attempts, int) or attempts < 1:
         problems.append(

@@ -1,18 +1,17 @@
-"""Model table (names + aliases), replica sets and replica choice (no web framework imports).
+"""Model table (names + aliases) and replica sets (no web framework imports).
 
-Replica choice: least outstanding requests among available replicas, random tie-break
-(cheap; with 2-3 replicas it equals power-of-two choice). A draining replica (drain.py, the
+Replica choice is the model's routing policy (routing.py). A draining replica (drain.py, the
 admin API) is never chosen; its in-flight requests finish and its health checks go on.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 import ssl
 from urllib.parse import urlsplit
 
 from . import config as C
+from . import routing
 from .health import CLOSED, CircuitBreaker
 
 log = logging.getLogger("citadel_gateway.routing")
@@ -34,6 +33,8 @@ class Replica:
         "authority",
         "prefix",
         "key",
+        "salt",
+        "picks",
     )
 
     def __init__(self, url: str, model: str, breaker: CircuitBreaker, tls: ssl.SSLContext | None = None) -> None:
@@ -53,6 +54,8 @@ class Replica:
         self.breaker = breaker
         self.draining = False  # set by the admin API: no new requests, in-flight ones finish
         self.auth = b""  # the upstream key's header line (the model's), set by the Router on every (re)load
+        self.salt = routing.salt(url)  # its rendezvous hashing salt (prefix affinity)
+        self.picks = [0] * len(routing.HOW)  # times chosen, by how (llm_replica_picks_total)
 
     def available(self) -> bool:
         return self.healthy and self.breaker.available()
@@ -96,6 +99,9 @@ class Model:
         "tps",
         "probe",
         "attempts",
+        "policy",
+        "prefix_chars",
+        "load_factor",
     )
 
     def __init__(self, cfg: C.Model, replicas: list[Replica], upstream: C.Upstream) -> None:
@@ -113,6 +119,10 @@ class Model:
         self.stream_max_s = cfg.stream_max_s or upstream.stream_max_s
         self.probe = cfg.probe
         self.attempts = cfg.retry_attempts  # None: retry.attempts
+        self.policy = cfg.routing.policy
+        # prefix_affinity: characters of the prompt's start in its affinity key (None: no key)
+        self.prefix_chars = cfg.routing.prefix_chars if self.policy == "prefix_affinity" else None
+        self.load_factor = cfg.routing.load_factor
         self.ewma_ms: float | None = None  # observed latency of successful non-streamed requests
         self.tps: float | None = None  # observed completion tokens per second
 
@@ -140,22 +150,20 @@ class Model:
                 return r
         return None
 
-    def pick(self, exclude: tuple | list = ()) -> Replica | None:
-        """Least-outstanding available replica not in ``exclude``; reserves a half-open probe."""
-        best: Replica | None = None
-        ties = 0
-        for r in self.replicas:
-            if r.draining or r in exclude or not r.healthy or not r.breaker.available():
-                continue
-            if best is None or r.outstanding < best.outstanding:
-                best, ties = r, 1
-            elif r.outstanding == best.outstanding:
-                ties += 1
-                if random.random() * ties < 1.0:
-                    best = r
-        if best is not None and not best.breaker.acquire():
+    def pick(self, exclude: tuple | list = (), key: int | None = None) -> Replica | None:
+        """The available replica not in ``exclude`` that the policy chooses: by the request's
+        affinity ``key`` (routing.affinity_key) when it has one, else least outstanding.
+        Reserves a half-open probe."""
+        if key is None:
+            best, how = routing.least_outstanding(self.replicas, exclude)
+        else:
+            best, how = routing.bounded_affinity(self.replicas, exclude, key, self.load_factor)
+        if best is None:
+            return None
+        if not best.breaker.acquire():
             # lost the half-open probe race: try the others
-            return self.pick((*exclude, best))
+            return self.pick((*exclude, best), key)
+        best.picks[how] += 1
         return best
 
 

@@ -10,7 +10,7 @@ import asyncio
 import json
 import time
 
-from . import selection
+from . import routing, selection
 from .errors import Denied
 from .metrics import inc
 from .relay import Relay
@@ -51,10 +51,17 @@ def next_model(st, req, primary, used: set):
 
 
 class Forward:
-    __slots__ = ("gw", "st", "req", "obj", "body", "out", "slot")
+    __slots__ = ("gw", "st", "req", "obj", "body", "out", "slot", "headers")
 
-    def __init__(self, gw, st, req, obj: dict, body: bytes, out, slot) -> None:
+    def __init__(self, gw, st, req, obj: dict, body: bytes, out, slot, headers) -> None:
         self.gw, self.st, self.req, self.obj, self.body, self.out, self.slot = gw, st, req, obj, body, out, slot
+        self.headers = headers
+
+    def _affinity(self, model) -> int | None:
+        """The request's affinity key for ``model`` (None unless it routes by prefix affinity)."""
+        if model.prefix_chars is None:
+            return None
+        return routing.affinity_key(self.obj, self.headers, model.prefix_chars)
 
     def _head(self, r) -> bytes:
         req = self.req
@@ -81,12 +88,13 @@ class Forward:
         primary, used, tried = model, {model.name}, []
         start = loop.time()
         cap = start + model.stream_max_s if stream and model.stream_max_s else None
+        key = self._affinity(model)
         while True:
             # streams: the answer head and first byte within first_byte_s (then relay.py takes over)
             deadline = start + (model.first_byte_s if stream else model.timeout_s)
             if cap is not None:
                 deadline = min(deadline, cap)
-            r = model.pick(tried)
+            r = model.pick(tried, key)
             if r is None:
                 nxt = next_model(st, req, primary, used)
                 if nxt is None:
@@ -104,6 +112,7 @@ class Forward:
                     return refused
                 model, tried = nxt, []
                 self._switch(model)
+                key = self._affinity(model)
                 continue
             req.replica = r.label
             req.attempts += 1

@@ -291,7 +291,7 @@ class Gateway(Runtime):
         try:
             refused = None if slot.try_take(model.name) else await slot.take(model.name, req)
             if refused is None:
-                refused = await Forward(self, st, req, obj, body, out, slot).run(model, stream)
+                refused = await Forward(self, st, req, obj, body, out, slot, headers).run(model, stream)
             if isinstance(refused, Denied):
                 return await self._deny(out, req, refused)
         finally:

@@ -15,6 +15,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.utils import floatToGoString
 
+from . import routing
+
 BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -170,6 +172,24 @@ class Metrics:
                     cs.add_metric([m.name, r.label], r.breaker.state)
                     dr.add_metric([m.name, r.label], 1 if r.draining else 0)
         yield from (active, mh, uh, cs, dr)
+        yield self._picks(st)
+
+    @staticmethod
+    def _picks(st) -> CounterMetricFamily:
+        """Replica choices, by how (routing.HOW): read from the replicas, which count them."""
+        f = CounterMetricFamily(
+            "llm_replica_picks",
+            "Replicas chosen for a request: least_outstanding, affinity (the prompt's own replica) or overflow"
+            " (its own replica was over the load bound, or unavailable)",
+            labels=["model", "replica", "how"],
+        )
+        if st is not None:
+            for m in st.router.models:
+                for r in m.replicas:
+                    for how, n in zip(routing.HOW, r.picks, strict=True):
+                        if n:
+                            f.add_metric([m.name, r.label, how], n)
+        return f
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

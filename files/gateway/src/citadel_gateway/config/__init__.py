@@ -8,6 +8,7 @@ from .parse import from_backends, load, load_versioned, parse
 from .schema import (
     CAPABILITIES,
     PROBES,
+    ROUTING_POLICIES,
     TIERS,
     ApiKey,
     Auth,
@@ -20,6 +21,7 @@ from .schema import (
     Queue,
     RateLimit,
     Retry,
+    Routing,
     Server,
     Upstream,
     Usage,
@@ -28,6 +30,7 @@ from .schema import (
 __all__ = [
     "CAPABILITIES",
     "PROBES",
+    "ROUTING_POLICIES",
     "TIERS",
     "ApiKey",
     "Auth",
@@ -40,6 +43,7 @@ __all__ = [
     "Queue",
     "RateLimit",
     "Retry",
+    "Routing",
     "Server",
     "Upstream",
     "Usage",

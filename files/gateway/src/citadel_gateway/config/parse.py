@@ -16,6 +16,7 @@ from .checks import _bool, _list, _map, _num, _optional_positive, _str, _url
 from .schema import (
     CAPABILITIES,
     PROBES,
+    ROUTING_POLICIES,
     TIERS,
     ApiKey,
     Auth,
@@ -29,6 +30,7 @@ from .schema import (
     Queue,
     RateLimit,
     Retry,
+    Routing,
     Server,
     Upstream,
     Usage,
@@ -166,8 +168,22 @@ _MODEL_KEYS = (
     "probe",
     "retry_attempts",
     "cache",
+    "routing",
 )
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9-]+$")
+
+
+def _routing(path: str, raw: Any) -> Routing:
+    r = _map(path, raw, ("policy", "prefix_chars", "load_factor"))
+    policy = _str(f"{path}.policy", r.get("policy", "least_outstanding"))
+    if policy not in ROUTING_POLICIES:
+        raise ConfigError(f"{path}.policy: {policy!r} is not one of {', '.join(ROUTING_POLICIES)}")
+    opt = {}
+    if r.get("prefix_chars") is not None:
+        opt["prefix_chars"] = _num(f"{path}.prefix_chars", r["prefix_chars"], integer=True, minimum=1)
+    if r.get("load_factor") is not None:
+        opt["load_factor"] = _num(f"{path}.load_factor", r["load_factor"], minimum=1)
+    return Routing(policy=policy, **opt)
 
 
 def _model(path: str, raw: Any) -> Model:
@@ -235,6 +251,7 @@ def _model(path: str, raw: Any) -> Model:
         upstream_ca_file=ca_file,
         probe=probe,
         cache=_bool(f"{path}.cache", m.get("cache", False)),
+        routing=_routing(f"{path}.routing", m.get("routing")),
         **opt,
     )
 

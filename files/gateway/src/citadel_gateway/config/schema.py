@@ -9,6 +9,7 @@ CAPABILITIES = ("chat", "completion", "embedding", "code", "reasoning")
 # /v1/models, then a 1-token request), ``request`` (the model listed, then a 1-token request;
 # servers without /health) or ``models`` (the model listed: costs nothing on a paid provider).
 PROBES = ("full", "request", "models")
+ROUTING_POLICIES = ("least_outstanding", "prefix_affinity")  # routing.py
 TIERS = ("heavyweight", "lightweight", "embedding")
 
 
@@ -133,6 +134,15 @@ class Latency:
 
 
 @dataclass(frozen=True)
+class Routing:
+    """How a model's replica is chosen (routing.py)."""
+
+    policy: str = "least_outstanding"
+    prefix_chars: int = 512  # prefix_affinity: how much of the prompt's start names its replica
+    load_factor: float = 1.25  # prefix_affinity: a replica takes at most this x the mean in flight
+
+
+@dataclass(frozen=True)
 class Model:
     name: str
     replicas: tuple[str, ...]
@@ -156,6 +166,7 @@ class Model:
     probe: str = "full"
     retry_attempts: int | None = None  # sends per request (default: retry.attempts)
     cache: bool = False  # deterministic requests answered from the response cache (cache.py)
+    routing: Routing = field(default_factory=Routing)
 
 
 @dataclass(frozen=True)
