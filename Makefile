@@ -14,7 +14,7 @@ export ANSIBLE_FORCE_COLOR := 0
 export PY_COLORS := 0
 export NO_COLOR := 1
 
-.PHONY: help setup llama-server lab lab-down test test-fast checks lint unit unit-repository unit-gateway-3.11 unit-gateway-3.12 molecule bench-gateway load
+.PHONY: help setup llama-server lab lab-down test test-fast checks lint unit unit-repository unit-gateway-3.11 unit-gateway-3.12 molecule bench-gateway bench-cluster load
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -105,3 +105,7 @@ bench-gateway: ## Gateway vs direct, vllm-router, sglang-router, Portkey, LiteLL
 	@loadtests/install-routers.sh
 	@loadtests/install-portkey.sh
 	$(CITADEL_CACHE)/bench-venv/bin/python loadtests/bench_gateway.py $(BENCH_ARGS)
+
+bench-cluster: ## Replica choice on the lab (make lab first) with vLLM's own client: direct vs gateway, least_outstanding vs prefix_affinity vs vllm-router cache_aware (exit 1 if a target fails)
+	@loadtests/install-routers.sh >/dev/null
+	python loadtests/bench_cluster.py $(BENCH_ARGS)

@@ -3,6 +3,7 @@
 # the gateway, plain HTTP or HTTPS, from a Python 3.11 venv on this machine.
 #
 #   loadtests/vllm-bench.sh URL [vllm bench serve options...]
+#   loadtests/vllm-bench.sh --install      # only make the venv; print its Python's path
 #   loadtests/vllm-bench.sh https://127.0.0.1:8001 --num-prompts 8 --random-output-len 8   # the lab HTTPS gateway
 #
 # URL is the gateway's base URL. Defaults (each overridable by an option after it):
@@ -18,7 +19,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/.." && pwd)
 cache=${CITADEL_CACHE:-$repo/.cache}
-[[ $# -ge 1 ]] || { sed -n '2,16p' "$0" >&2; exit 2; }
+[[ $# -ge 1 ]] || { sed -n '2,17p' "$0" >&2; exit 2; }
 url=$1
 shift
 
@@ -37,6 +38,11 @@ if [[ ! -f "$venv/.stamp-$vllm_version" ]]; then
   # CUDA builds from PyPI (importing transformers dies with them) and triton (unused on CPU).
   "$venv/bin/pip" uninstall --quiet --yes torchvision torchaudio torchcodec triton 2>/dev/null || true
   touch "$venv/.stamp-$vllm_version"
+fi
+
+if [[ $url == --install ]]; then
+  echo "$venv/bin/python"
+  exit 0
 fi
 
 key=${CITADEL_API_KEY:-$(cat "$cache/lab-gateway-api-key" 2>/dev/null || true)}

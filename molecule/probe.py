@@ -9,9 +9,9 @@ clean end of the chunked body. Each worker starts a request at most every
 of back-to-back chats starved the very playbooks under test: a gateway
 playbook took 26 s idle, 119 s at 0.5 s and 64 s at 1 s per worker).
 Everything else is recorded with its time and what was seen, so a failing test
-says what broke and when. Every request
-carries an `X-Request-Id` of `<prefix>-<n>`, the id of its usage row: the report
-keeps the ids of those that succeeded.
+says what broke and when. Every request carries an `X-Request-Id` of
+`<prefix>-<n>`, the id of its usage row: the report keeps the ids of those that
+succeeded.
 """
 
 from __future__ import annotations
