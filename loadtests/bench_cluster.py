@@ -72,7 +72,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--prefix-len", type=int, default=384, help="shared: tokens of each prefix")
     p.add_argument("--conversations", type=int, default=6, help="multiturn: conversations per run")
     p.add_argument("--turns", type=int, default=4, help="multiturn: turns per conversation")
-    p.add_argument("--unique-prompts", type=int, default=12)
+    p.add_argument("--unique-prompts", type=int, default=24)
     p.add_argument("--output-len", type=int, default=16)
     p.add_argument("--no-router", action="store_true", help="leave vllm-router out")
     p.add_argument("--json", type=Path, help="save every run and the summary here")

