@@ -33,6 +33,7 @@ import json
 import os
 import random
 import secrets
+import signal
 import statistics
 import subprocess
 import sys
@@ -70,7 +71,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--prefixes", type=int, default=8, help="shared: distinct prefixes per run")
     p.add_argument("--per-prefix", type=int, default=3, help="shared: prompts per prefix")
     p.add_argument("--prefix-len", type=int, default=384, help="shared: tokens of each prefix")
-    p.add_argument("--conversations", type=int, default=6, help="multiturn: conversations per run")
+    # odd: sent turn by turn, an even number lined up with least_outstanding's alternation over two
+    # replicas (every conversation back on the same one by accident; seen with 6)
+    p.add_argument("--conversations", type=int, default=7, help="multiturn: conversations per run")
     p.add_argument("--turns", type=int, default=4, help="multiturn: turns per conversation")
     p.add_argument("--unique-prompts", type=int, default=24)
     p.add_argument("--output-len", type=int, default=16)
@@ -263,11 +266,47 @@ def targets(summary: dict) -> list[tuple[str, bool | None, str]]:
     return checks
 
 
+# The cost of the choice itself, in the gateway's own venv: the affinity key of a chat (a
+# 600-character system prompt and a question) and the pick, against least_outstanding's pick.
+CHOICE_COST = """
+import json, timeit
+from citadel_gateway import config as C, routing
+from citadel_gateway.backends import Router
+body = {"model": "m", "messages": [{"role": "system", "content": "Rules of the house. " * 30},
+                                   {"role": "user", "content": "What is the refund policy for items bought online?"}]}
+out = {}
+for n in (2, 8):
+    urls = [f"http://10.0.0.{i}:8000" for i in range(1, n + 1)]
+    router = Router(C.parse({"models": [
+        {"name": "lo", "replicas": urls},
+        {"name": "pa", "replicas": urls, "routing": {"policy": "prefix_affinity"}}]}))
+    lo, pa = router.get("lo"), router.get("pa")
+    k = 20000
+    out[f"least_outstanding, {n} replicas"] = timeit.timeit(lambda: lo.pick(), number=k) / k
+    out[f"prefix_affinity (key + pick), {n} replicas"] = timeit.timeit(
+        lambda: pa.pick((), routing.affinity_key(body, [], 512)), number=k) / k
+    pa.placements.clear()
+    keys = iter(range(10**9))
+    out[f"prefix_affinity (pick of a new key), {n} replicas"] = timeit.timeit(
+        lambda: pa.pick((), next(keys)), number=k) / k
+print(json.dumps(out))
+"""
+
+
+def choice_cost() -> dict[str, float]:
+    """Seconds per replica choice, by policy (the gateway's venv, this machine)."""
+    exe = find_gateway(None)
+    python = str(Path(exe).parent / "python") if exe else sys.executable
+    out = subprocess.run([python, "-c", CHOICE_COST], capture_output=True, text=True, check=True, timeout=120)
+    return json.loads(out.stdout)
+
+
 # ---------------------------------------------------------------- main
 
 
 def main() -> int:
     args = parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the gateways and the router too
     urls = replicas()
     vllm_key = lab().model_api_key(MODEL)
     for url in urls:  # the lab is up: each replica answers its key
@@ -329,13 +368,18 @@ def main() -> int:
     summary = summarize(runs)
     print()
     print_table(summary)
+    cost = choice_cost()
+    print("\nthe choice itself (gateway venv, in process):")
+    for what, seconds in cost.items():
+        print(f"  {what:50} {seconds * 1e6:6.2f} us")
     checks = targets(summary)
     print()
     for name, ok, detail in checks:
         print(f"  {'PASS' if ok else 'FAIL' if ok is False else 'n/a '}  {name}: {detail}")
     failed = [r for r in runs if "error" in r or r.get("result", {}).get("failed")]
     if args.json:
-        args.json.write_text(json.dumps({"runs": runs, "summary": summary, "targets": checks}, indent=1))
+        out = {"runs": runs, "summary": summary, "targets": checks, "choice_seconds": cost}
+        args.json.write_text(json.dumps(out, indent=1))
     if failed:
         print(f"{len(failed)} runs had failed requests or errors (see {logdir})")
     ok = not failed and all(c[1] for c in checks)
