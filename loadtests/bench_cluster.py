@@ -215,7 +215,7 @@ def summarize(runs: list[dict]) -> dict:
     for r in runs:
         if "result" in r:
             out.setdefault((r["workload"], r["system"]), []).append(r["result"])
-    keys = [f"{s}_{m}_ms" for m in METRICS for s in ("median", "p95", "p99")]
+    keys = [f"{s}_{m}_ms" for m in METRICS for s in ("mean", "median", "p95", "p99")]
     keys += ["request_throughput", "output_throughput", "request_goodput"]
     summary = {}
     for (w, s), results in out.items():
@@ -225,16 +225,28 @@ def summarize(runs: list[dict]) -> dict:
     return summary
 
 
+# Each workload's reference row: the ratio columns divide by it.
+REFERENCE = {"unique": "direct", "shared": "least_outstanding", "multiturn": "least_outstanding",
+             "noshare": "least_outstanding"}  # fmt: skip
+COLUMNS = (("TTFT p50", "median_ttft_ms"), ("p95", "p95_ttft_ms"), ("p99", "p99_ttft_ms"),
+           ("TPOT p50", "median_tpot_ms"), ("p99", "p99_tpot_ms"), ("ITL p50", "median_itl_ms"),
+           ("p99", "p99_itl_ms"), ("E2E p50", "median_e2el_ms"), ("p95", "p95_e2el_ms"), ("p99", "p99_e2el_ms"),
+           ("req/s", "request_throughput"), ("goodput", "request_goodput"))  # fmt: skip
+
+
 def print_table(summary: dict) -> None:
-    head = ("workload/system", "TTFT p50", "p95", "p99", "TPOT p50", "ITL p50", "E2E p50", "p95", "req/s", "goodput")
-    print(f"{head[0]:32} " + " ".join(f"{h:>9}" for h in head[1:]))
+    """Milliseconds and requests/s (medians over rounds), then TTFT p50 and req/s as ratios to the
+    workload's reference row."""
+    print(f"{'workload/system':30} " + " ".join(f"{h:>8}" for h, _ in COLUMNS) + "   TTFT x  req/s x")
     for name, s in summary.items():
-        cells = [s.get(k) for k in ("median_ttft_ms", "p95_ttft_ms", "p99_ttft_ms", "median_tpot_ms",
-                                    "median_itl_ms", "median_e2el_ms", "p95_e2el_ms")]  # fmt: skip
-        cells += [s.get("request_throughput"), s.get("request_goodput")]
-        text = " ".join(f"{c:9.1f}" if c is not None and i < 7 else f"{c:9.3f}" if c is not None else f"{'-':>9}"
-                        for i, c in enumerate(cells))  # fmt: skip
-        print(f"{name:32} {text}" + (f"  FAILED {s['failed']}" if s["failed"] else ""))
+        ref = summary.get(f"{name.split('/')[0]}/{REFERENCE[name.split('/')[0]]}", {})
+        cells = " ".join(
+            f"{s[k]:8.{3 if k.startswith('request') else 1}f}" if k in s else f"{'-':>8}" for _, k in COLUMNS
+        )
+        ratios = [s.get(k) / ref[k] if s.get(k) is not None and ref.get(k) else None
+                  for k in ("median_ttft_ms", "request_throughput")]  # fmt: skip
+        text = " ".join(f"{r:8.3f}" if r is not None else f"{'-':>8}" for r in ratios)
+        print(f"{name:30} {cells} {text}" + (f"  FAILED {s['failed']}" if s["failed"] else ""))
 
 
 def targets(summary: dict) -> list[tuple[str, bool | None, str]]:
