@@ -197,4 +197,4 @@ def test_a_routing_policy_is_checked_with_its_fix():
         with pytest.raises(AnsibleFilterError) as raised:
             citadel_catalog([_model("chat", 11400, gateway={"routing": wrong})], GROUPS, HOSTVARS)
         assert "model chat: gateway.routing" in str(raised.value)
-        assert "policy is one of least_outstanding, prefix_affinity" in str(raised.value)
+        assert "policy is one of least_outstanding, prefix_affinity, load_aware" in str(raised.value)

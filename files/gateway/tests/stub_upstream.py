@@ -47,6 +47,11 @@ DEFAULTS = {
     "close": False,
     "health": 200,
     "ready_model": True,
+    # what /metrics reports, as vLLM's gauges: requests running and waiting there (every
+    # client's, not only this gateway's), KV cache use
+    "vllm_running": 0,
+    "vllm_waiting": 0,
+    "vllm_kv": 0.0,
     "hold_after": None,
     "end_delay": 0.0,
     "split_done": False,
@@ -154,6 +159,14 @@ class Handler(asyncio.Protocol):
     def simple(self, method, path, body) -> bytes:
         if path == "/health":
             return _resp(STATE["health"], b"{}")
+        if path == "/metrics":
+            labels = '{engine="0",model_name="%s"}' % (MODELS[0] if MODELS else "")
+            text = "".join(
+                f"# TYPE vllm:{name} gauge\nvllm:{name}{labels} {float(STATE[key])}\n"
+                for name, key in (("num_requests_running", "vllm_running"), ("num_requests_waiting", "vllm_waiting"),
+                                  ("kv_cache_usage_perc", "vllm_kv"))
+            )  # fmt: skip
+            return _resp(200, text.encode())
         if path == "/v1/models":
             ids = MODELS if STATE["ready_model"] else []
             return _resp(

@@ -9,10 +9,11 @@ import math
 import random
 import subprocess
 import sys
+import time
 
 import pytest
 from citadel_gateway import config as C
-from citadel_gateway import routing
+from citadel_gateway import load, routing
 from citadel_gateway.backends import Router
 from conftest import base_config, wait_ready
 
@@ -162,7 +163,10 @@ def test_least_outstanding_stays_the_default_and_counts_its_picks():
 @pytest.mark.parametrize(
     ("routing_cfg", "message"),
     [
-        ({"policy": "round_robin"}, "routing.policy: 'round_robin' is not one of least_outstanding, prefix_affinity"),
+        (
+            {"policy": "round_robin"},
+            "routing.policy: 'round_robin' is not one of least_outstanding, prefix_affinity, load_aware",
+        ),
         ({"policy": "prefix_affinity", "load_factor": 0.9}, "routing.load_factor"),
         ({"policy": "prefix_affinity", "prefix_chars": 0}, "routing.prefix_chars"),
         ({"policy": "prefix_affinity", "spread": 2}, "spread"),
@@ -201,3 +205,61 @@ def test_through_the_gateway_each_conversation_stays_on_one_replica(stubs, gatew
         return sum(float(ln.rsplit(" ", 1)[1]) for ln in lines if f'how="{how}"' in ln and 'model="chat-a"' in ln)
 
     assert (picks("placed"), picks("affinity"), picks("overflow")) == (12, 24, 0), lines
+
+
+def test_vllm_metrics_give_every_clients_load():
+    body = (
+        b"# HELP vllm:num_requests_running Number of requests in model execution batches.\n"
+        b'vllm:num_requests_running{engine="0",model_name="m"} 3.0\n'
+        b'vllm:num_requests_running{engine="1",model_name="m"} 1.0\n'
+        b'vllm:num_requests_waiting{engine="0",model_name="m"} 5.0\n'
+        b'vllm:num_requests_waiting_by_reason{engine="0",reason="capacity"} 99.0\n'
+        b'vllm:kv_cache_usage_perc{engine="0",model_name="m"} 0.25\n'
+    )
+    assert load.parse(body) == (9.0, 0.25)  # both engines; a longer name sharing the prefix is not it
+    assert load.parse(b'vllm:num_requests_running{engine="0"} 1.0\n') is None  # not all three: not vLLM
+
+
+def test_load_aware_counts_the_other_clients_load_from_fresh_readings_only():
+    m = _model("load_aware", URLS[:2])
+    a, b = m.replicas
+    a.outstanding, b.outstanding = 1, 2
+    assert m.pick() is a  # no readings: its own count, as least_outstanding
+    now = time.monotonic()
+    # vLLM on a counts 6 (this gateway had 1 of them then): 5 from other clients
+    a.load, b.load = (6.0, 1, 0.1, now), (2.0, 2, 0.1, now)
+    assert m.pick() is b
+    assert b.picks[routing.LOAD] == 1
+    a.load = (6.0, 1, 0.1, now - 10)  # stale: not used
+    assert m.pick() is a
+    a.outstanding = b.outstanding = 0
+    a.load, b.load = (0.0, 0, 0.9, now), (0.0, 0, 0.2, now)
+    assert m.pick() is b  # level: the fuller KV cache loses
+
+
+def test_through_the_gateway_load_aware_avoids_a_replica_busy_with_others(stubs, gateway):
+    """Two stub replicas, load_aware: when one reports 20 requests waiting (other clients'), the
+    gateway's requests go to the other within a poll or two, and come back when it clears."""
+    a, b = stubs(["chat-a"]), stubs(["chat-a"])
+    cfg = base_config([a.url, b.url], [stubs(["embed-a"]).url])
+    cfg["models"][0].update({"routing": {"policy": "load_aware"}, "probe": "models"})
+    g = gateway(cfg)
+    wait_ready(g)
+
+    def served(n: int) -> tuple[int, int]:
+        before = a.stats()["posts"], b.stats()["posts"]
+        for _ in range(n):
+            assert g.chat()[0] == 200
+        return a.stats()["posts"] - before[0], b.stats()["posts"] - before[1]
+
+    for busy, idle, idle_index in ((a, b, 1), (b, a, 0)):
+        busy.control(vllm_waiting=20)
+        idle.control(vllm_waiting=0)
+        polls = busy.stats()["gets"].get("/metrics", 0)
+        deadline = time.monotonic() + 10
+        while busy.stats()["gets"].get("/metrics", 0) < polls + 2:  # a whole poll round since the change
+            assert time.monotonic() < deadline, "the gateway does not poll /metrics"
+            time.sleep(0.1)
+        assert served(10)[idle_index] == 10
+    text = g.request("GET", "/metrics", key=None)[2].decode()
+    assert 'how="load_aware"' in text

@@ -41,7 +41,7 @@ _gpus = _sibling("citadel_gpus")
 CAPABILITIES = ("chat", "completion", "embedding", "code", "reasoning")
 TIERS = ("heavyweight", "lightweight", "embedding")
 # How the gateway chooses a model's replica (files/gateway routing.py).
-ROUTING_POLICIES = ("least_outstanding", "prefix_affinity")
+ROUTING_POLICIES = ("least_outstanding", "prefix_affinity", "load_aware")
 # The catalog's gateway settings (llm_gateway role): numbers >= 0 but for the fallback list.
 GATEWAY_NUMBERS = (
     "timeout_s",

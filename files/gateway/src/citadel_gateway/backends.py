@@ -35,6 +35,7 @@ class Replica:
         "key",
         "salt",
         "picks",
+        "load",
     )
 
     def __init__(self, url: str, model: str, breaker: CircuitBreaker, tls: ssl.SSLContext | None = None) -> None:
@@ -56,6 +57,8 @@ class Replica:
         self.auth = b""  # the upstream key's header line (the model's), set by the Router on every (re)load
         self.salt = routing.salt(url)  # its rendezvous hashing salt (prefix affinity)
         self.picks = [0] * len(routing.HOW)  # times chosen, by how (llm_replica_picks_total)
+        # load_aware: (vLLM's running + waiting, this gateway's in flight then, KV use, when) (load.py)
+        self.load: tuple[float, int, float, float] | None = None
 
     def available(self) -> bool:
         return self.healthy and self.breaker.available()
@@ -154,12 +157,14 @@ class Model:
 
     def pick(self, exclude: tuple | list = (), key: int | None = None) -> Replica | None:
         """The available replica not in ``exclude`` that the policy chooses: by the request's
-        affinity ``key`` (routing.affinity_key) when it has one, else least outstanding.
+        affinity ``key`` (routing.affinity_key) when it has one, else by load.
         Reserves a half-open probe."""
-        if key is None:
-            best, how = routing.least_outstanding(self.replicas, exclude)
-        else:
+        if key is not None:
             best, how = routing.bounded_affinity(self.replicas, exclude, key, self.load_factor, self.placements)
+        elif self.policy == "load_aware":
+            best, how = routing.load_aware(self.replicas, exclude)
+        else:
+            best, how = routing.least_outstanding(self.replicas, exclude)
         if best is None:
             return None
         if not best.breaker.acquire():

@@ -13,7 +13,12 @@ keys used last), and later requests of the key go there while that replica, with
 holds at most ``load_factor`` x the mean in flight (rounded up: consistent hashing with bounded
 loads), else to the least loaded (``overflow``). A key is placed by load, not by hash alone, because
 its first request has no cache to win anywhere: prompts that share nothing are spread exactly as
-``least_outstanding`` spreads them. A draining, unhealthy or open-circuit replica is never chosen.
+``least_outstanding`` spreads them.
+
+``load_aware``: least outstanding, where a replica's load also counts the requests other clients
+have there, as vLLM reports them (load.py polls ``/metrics``), with its KV cache use breaking ties.
+
+A draining, unhealthy or open-circuit replica is never chosen.
 """
 
 from __future__ import annotations
@@ -21,10 +26,13 @@ from __future__ import annotations
 import hashlib
 import math
 import random
+import time
+
+from .load import STALE_S
 
 # How a replica was chosen: the label `how` of llm_replica_picks_total (Replica.picks' indexes).
-HOW = ("least_outstanding", "placed", "affinity", "overflow")
-LEAST, PLACED, AFFINITY, OVERFLOW = range(4)
+HOW = ("least_outstanding", "placed", "affinity", "overflow", "load_aware")
+LEAST, PLACED, AFFINITY, OVERFLOW, LOAD = range(5)
 MEMORY = 65536  # keys remembered per model (their replica): ~7 MB
 SESSION_HEADER = b"x-session-id"
 _M64 = (1 << 64) - 1
@@ -146,3 +154,27 @@ def bounded_affinity(replicas, exclude, key: int, load_factor: float, memory: di
         del memory[next(iter(memory))]  # the least recently used
     memory[key] = best
     return best, PLACED
+
+
+def load_aware(replicas, exclude):
+    """The least loaded replica: this gateway's requests in flight there now, plus the others'
+    (vLLM's running + waiting at the last poll, less this gateway's share of them then) and the
+    KV cache use (0..1: a tie-break); random among equals. Without a fresh reading, its own count."""
+    now = time.monotonic()
+    best = None
+    best_score = 0.0
+    ties = 0
+    for r in replicas:
+        if r.draining or r in exclude or not r.healthy or not r.breaker.available():
+            continue
+        score = float(r.outstanding)
+        load = r.load
+        if load is not None and now - load[3] <= STALE_S:
+            score += max(0.0, load[0] - load[1]) + load[2]
+        if best is None or score < best_score:
+            best, best_score, ties = r, score, 1
+        elif score == best_score:
+            ties += 1
+            if random.random() * ties < 1.0:
+                best = r
+    return best, LOAD

@@ -39,6 +39,7 @@ class Runtime:
         self.access = AccessLog(log_stream, cfg.server.access_log)
         self.usage = self._make_usage(cfg)
         self.health = None
+        self.load = None  # load.LoadPoller: vLLM's own load figures for load_aware models
         self._tasks: set[asyncio.Task] = set()
         self._handover: asyncio.Task | None = None  # the usage writer being replaced (apply)
 
@@ -62,6 +63,7 @@ class Runtime:
 
     async def start(self) -> None:
         from .health import HealthChecker
+        from .load import LoadPoller
 
         self.access.start()
         if self.usage is not None:
@@ -69,12 +71,16 @@ class Runtime:
         cfg = self.state.cfg
         self.health = HealthChecker(self.state.router, self.fetch, cfg.health.interval_s, cfg.health.timeout_s)
         self.health.start()
+        self.load = LoadPoller(self.state.router, self.fetch, cfg.health.timeout_s)
+        self.load.start()
         if not cfg.auth.required:
             log.warning("AUTH IS OFF: no --api-key / auth.keys given; anyone reaching this port can use every model")
 
     async def stop(self) -> None:
         if self.health is not None:
             await self.health.stop()
+        if self.load is not None:
+            await self.load.stop()
         self.pool.close()
         await self.ledger.drain()
         await self.limiter.close()
@@ -127,6 +133,9 @@ class Runtime:
             self.health.router = new.router
             self.health.interval = cfg.health.interval_s
             self.health.timeout = cfg.health.timeout_s
+        if self.load is not None:
+            self.load.router = new.router
+            self.load.timeout = cfg.health.timeout_s
 
     @staticmethod
     async def _close_limiter(limiter, ledger) -> None:

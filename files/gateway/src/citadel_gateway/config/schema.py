@@ -9,7 +9,7 @@ CAPABILITIES = ("chat", "completion", "embedding", "code", "reasoning")
 # /v1/models, then a 1-token request), ``request`` (the model listed, then a 1-token request;
 # servers without /health) or ``models`` (the model listed: costs nothing on a paid provider).
 PROBES = ("full", "request", "models")
-ROUTING_POLICIES = ("least_outstanding", "prefix_affinity")  # routing.py
+ROUTING_POLICIES = ("least_outstanding", "prefix_affinity", "load_aware")  # routing.py
 TIERS = ("heavyweight", "lightweight", "embedding")
 
 
