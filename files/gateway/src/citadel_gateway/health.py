@@ -122,15 +122,48 @@ def _is_timeout(reason: str) -> bool:
     return reason == "timed out" or reason.startswith("UpstreamTimeout")
 
 
-class HealthChecker:
+class Periodic:
+    """A round (``run_round``) every ``interval`` seconds in a task of its own, from start() to
+    stop(); a failing round is logged and the next one comes all the same."""
+
+    interval: float
+    what = "periodic round"
+    _task: asyncio.Task | None = None
+
+    async def run_round(self) -> None:
+        raise NotImplementedError
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.run_round()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - a bug in one round must not kill the loop
+                log.exception("%s failed", self.what)
+            await asyncio.sleep(self.interval)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+
+class HealthChecker(Periodic):
     """Runs ``probe`` for every replica every ``interval`` seconds."""
+
+    what = "health check round"
 
     def __init__(self, router: Router, fetch: Fetch, interval: float, timeout: float) -> None:
         self.router = router
         self.fetch = fetch
         self.interval = interval
         self.timeout = timeout
-        self._task: asyncio.Task | None = None
         self._slow: dict[Replica, int] = {}  # consecutive timed-out probes per replica
         self.rounds = 0  # completed check rounds; /ready waits for the first one
 
@@ -157,22 +190,5 @@ class HealthChecker:
                 return
         r.set_health(False, reason)
 
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self.check_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # noqa: BLE001 - a checker bug must not kill the loop
-                log.exception("health check round failed")
-            await asyncio.sleep(self.interval)
-
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+    async def run_round(self) -> None:
+        await self.check_once()

@@ -11,9 +11,10 @@ judged by this gateway's own count alone, as least_outstanding would (never by a
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
+
+from .health import Periodic
 
 log = logging.getLogger("citadel_gateway.load")
 
@@ -40,14 +41,16 @@ def parse(text: bytes) -> tuple[float, float] | None:
     return found[0] + found[1], found[2]
 
 
-class LoadPoller:
+class LoadPoller(Periodic):
     """Polls the replicas of the router's ``load_aware`` models (the router may be swapped on reload)."""
+
+    what = "load poll round"
+    interval = POLL_S
 
     def __init__(self, router, fetch, timeout: float) -> None:
         self.router = router
         self.fetch = fetch
         self.timeout = timeout
-        self._task: asyncio.Task | None = None
 
     async def poll_once(self) -> None:
         jobs = [self._poll(r) for m in self.router.models if m.policy == "load_aware" for r in m.replicas]
@@ -67,22 +70,5 @@ class LoadPoller:
             return
         r.load = (reading[0], own, reading[1], time.monotonic())
 
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self.poll_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # noqa: BLE001 - a poller bug must not kill the loop
-                log.exception("load poll round failed")
-            await asyncio.sleep(POLL_S)
-
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+    async def run_round(self) -> None:
+        await self.poll_once()
