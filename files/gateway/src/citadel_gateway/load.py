@@ -4,7 +4,8 @@ Every ``POLL_S`` seconds the poller reads ``/metrics`` of each replica of a ``lo
 ``vllm:num_requests_running`` + ``vllm:num_requests_waiting`` (every client's requests there: other
 gateways', direct callers') and ``vllm:kv_cache_usage_perc``. A replica keeps what this gateway had
 in flight there at that moment, so routing.load_aware can count the others' load apart from its
-own, which it knows up to the request. A poll that fails clears the reading: the replica is then
+own, which it knows up to the request. A reading older than ``STALE_S`` (polls that fail, a slow
+round on a busy host) is not used, and an answer without the gauges clears it: the replica is then
 judged by this gateway's own count alone, as least_outstanding would (never by a stale figure).
 """
 
@@ -60,12 +61,12 @@ class LoadPoller(Periodic):
     async def _poll(self, r) -> None:
         own = r.outstanding  # what this gateway had there when vLLM counted
         try:
-            status, body = await self.fetch(r, "GET", "/metrics", None, min(self.timeout, POLL_S))
-            reading = parse(body) if status == 200 else None
-        except Exception as e:  # noqa: BLE001 - any failure: no reading
+            status, body = await self.fetch(r, "GET", "/metrics", None, self.timeout)
+        except Exception as e:  # noqa: BLE001 - no new reading: the last one ages out (STALE_S)
             log.debug("load poll of %s failed: %s", r.label, e)
-            reading = None
-        if reading is None:
+            return
+        reading = parse(body) if status == 200 else None
+        if reading is None:  # it answers, but not as vLLM does: no reading at all
             r.load = None
             return
         r.load = (reading[0], own, reading[1], time.monotonic())
