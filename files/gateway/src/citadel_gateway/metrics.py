@@ -179,8 +179,8 @@ class Metrics:
         """Replica choices, by how (routing.HOW): read from the replicas, which count them."""
         f = CounterMetricFamily(
             "llm_replica_picks",
-            "Replicas chosen for a request: least_outstanding, affinity (the prompt's own replica) or overflow"
-            " (its own replica was over the load bound, or unavailable)",
+            "Replicas chosen for a request: least_outstanding; load_aware; for prefix_affinity placed (a key's first"
+            " request), affinity (back to the key's replica) or overflow (that one over the load bound or unavailable)",
             labels=["model", "replica", "how"],
         )
         if st is not None:
